@@ -1,0 +1,74 @@
+"""Options of one reconstruction: filled by the Blender operator, the CLI or Python callers.
+
+Plain data (JSON-able), numpy-free: it crosses the worker's JSON-lines boundary as a dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+
+class FaceSelection(StrEnum):
+    """Which detected faces to reconstruct."""
+
+    LARGEST = "largest"
+    ALL = "all"
+
+
+class Detector(StrEnum):
+    """Face detector. AUTO = YuNet when its model file is configured, else Haar cascades."""
+
+    AUTO = "auto"
+    HAAR = "haar"
+    YUNET = "yunet"
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    """What to compute for one photo. Boxes, when given, skip detection: tight face boxes
+    (x0, y0, x1, y1) of the 68 landmarks in photo pixels (DESIGN.md section 3)."""
+
+    faces: FaceSelection = FaceSelection.LARGEST
+    texture_size: int = 1024
+    """Side of the UV texture sampled from the photo, in pixels (256-4096)."""
+    occlusion_mask: bool = False
+    """Black out texels the camera cannot see (self-occlusion) instead of smearing the photo."""
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    detector: Detector = Detector.AUTO
+    yunet_model: str | None = None
+    """Path to YuNet's ONNX file (face_detection_yunet_2023mar.onnx); None = Haar only."""
+    refine: bool = True
+    """Second pass: re-crop from the network's own 68 landmarks (the crop it was trained on)."""
+
+    def __post_init__(self) -> None:
+        if not 64 <= int(self.texture_size) <= 8192:
+            raise ValueError(f"texture_size must be 64..8192 pixels, got {self.texture_size}")
+        object.__setattr__(self, "faces", FaceSelection(self.faces))
+        object.__setattr__(self, "detector", Detector(self.detector))
+        if self.boxes is not None:
+            boxes = tuple(tuple(float(v) for v in box) for box in self.boxes)
+            for box in boxes:
+                if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+                    raise ValueError(f"a face box must be (x0, y0, x1, y1), x1>x0, y1>y0: {box}")
+            object.__setattr__(self, "boxes", boxes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["faces"] = self.faces.value
+        data["detector"] = self.detector.value
+        if self.boxes is not None:
+            data["boxes"] = [list(box) for box in self.boxes]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconstructOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown reconstruct option(s): {sorted(unknown)}")
+        values = dict(data)
+        if values.get("boxes") is not None:
+            values["boxes"] = tuple(tuple(box) for box in values["boxes"])
+        return cls(**values)
