@@ -1,0 +1,325 @@
+"""Generate our UV layout from ICT-FaceKit: `python -m prn_blender.training.make_layout`.
+
+Writes model_weights/uv_layout_ict256.npz (see core.layout.UVLayout for every field) and a
+picture of it, model_weights/uv_layout_ict256.png. Regenerating gives byte-identical files:
+floats are rounded before writing, and nothing depends on BLAS summation order beyond that.
+
+DESIGN.md sections 1 and 3:
+* face = ICT polygons 0-9229 (UV tile 0), rasterised at texel centres
+  u = (col + 0.5) / 256, v = 1 - (row + 0.5) / 256: 62,712 texels;
+* mesh = texel grid, two triangles per 2x2 block of mesh texels, outward normals in the
+  Blender frame; the neck more than 1 cm below the lowest jaw landmark is cut;
+* calibrated 68 = PRNet's BFM-defined 68 (canonical_vertices.npy at uv_kpt_ind) aligned to
+  the ICT neutral (Umeyama, no reflection) and projected to the closest point of the ICT face
+  surface, iterated (ICP); inner-lip points 61-63 restricted to the upper lip and 65-67 to the
+  lower lip (told apart by the jawOpen blendshape);
+* weight mask 16 : 4 : 3 : 0 (landmark texels : eyes/nose/mouth : other face : neck).
+numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..core.layout import LAYOUT_FILENAME, UVLayout
+from .ict import DEFAULT_SHARED, REPO, ICTModel, load_ict
+
+LAYOUT_ID = "ict-face-256-v1"
+RESOLUTION = 256
+NECK_MARGIN_CM = 1.0
+REGION_DILATION_TEXELS = 4
+WEIGHT_LANDMARK, WEIGHT_FEATURE, WEIGHT_FACE, WEIGHT_NECK = 16.0, 4.0, 3.0, 0.0
+FEATURE_REGIONS = (range(36, 42), range(42, 48), range(27, 36), range(48, 60))
+"""Eyes, nose and outer mouth: their calibrated landmarks' UV convex hulls."""
+UPPER_INNER_LIP, LOWER_INNER_LIP = (61, 62, 63), (65, 66, 67)
+ICP_ROUNDS = 6
+
+
+def uv_to_texel(uv: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
+    """UV -> continuous texel coordinates (x = col, y = row), centres at integers."""
+    return np.stack([uv[..., 0] * resolution - 0.5, (1.0 - uv[..., 1]) * resolution - 0.5], -1)
+
+
+def rasterise_triangles(
+    corners_xy: np.ndarray, resolution: int = RESOLUTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Texel-centre rasterisation of (F, 3, 2) texel-space triangles.
+
+    Returns (triangle (R, R) int64, -1 where uncovered; barycentric (R, R, 3)). A texel on a
+    shared edge goes to the lowest-numbered triangle. Loops over triangles (a one-off build
+    step), vectorised over each triangle's bounding box."""
+    tri_id = np.full((resolution, resolution), -1, dtype=np.int64)
+    bary = np.zeros((resolution, resolution, 3), dtype=np.float64)
+    lo = np.clip(np.floor(corners_xy.min(axis=1)).astype(int), 0, resolution - 1)
+    hi = np.clip(np.ceil(corners_xy.max(axis=1)).astype(int), 0, resolution - 1)
+    for f, (a, b, c) in enumerate(corners_xy):
+        xs, ys = np.meshgrid(np.arange(lo[f, 0], hi[f, 0] + 1), np.arange(lo[f, 1], hi[f, 1] + 1))
+        px, py = xs.ravel(), ys.ravel()
+        v0, v1 = b - a, c - a
+        den = v0[0] * v1[1] - v1[0] * v0[1]
+        if abs(den) < 1e-15:
+            continue
+        l1 = ((px - a[0]) * v1[1] - v1[0] * (py - a[1])) / den
+        l2 = (v0[0] * (py - a[1]) - (px - a[0]) * v0[1]) / den
+        l0 = 1.0 - l1 - l2
+        inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
+        inside &= tri_id[py, px] < 0
+        tri_id[py[inside], px[inside]] = f
+        bary[py[inside], px[inside]] = np.stack([l0, l1, l2], axis=1)[inside]
+    return tri_id, bary
+
+
+def closest_points_on_triangles(
+    points: np.ndarray, tri_xyz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each point, the closest point on a set of triangles (F, 3, 3).
+
+    Returns (triangle index (P,), barycentric (P, 3), closest point (P, 3)). Exact: the
+    plane projection where it falls inside the triangle, else the closest point of the three
+    edges. Vectorised over triangles, looped over the (few) points."""
+    a, b, c = tri_xyz[:, 0], tri_xyz[:, 1], tri_xyz[:, 2]
+    normal = np.cross(b - a, c - a)
+    area2 = (normal**2).sum(1)
+    area2 = np.where(area2 < 1e-30, 1e-30, area2)
+    out_tri = np.empty(len(points), dtype=np.int64)
+    out_bary = np.empty((len(points), 3))
+    out_pt = np.empty((len(points), 3))
+    for i, p in enumerate(points):
+        # Barycentrics of the plane projection.
+        u = (np.cross(c - b, p - b) * normal).sum(1) / area2
+        v = (np.cross(a - c, p - c) * normal).sum(1) / area2
+        w = 1.0 - u - v
+        inside = (u >= 0) & (v >= 0) & (w >= 0)
+        best_b = np.stack([u, v, w], 1)
+        best_q = u[:, None] * a + v[:, None] * b + w[:, None] * c
+        best_d = np.where(inside, ((best_q - p) ** 2).sum(1), np.inf)
+        for e0, e1, i0, i1 in ((a, b, 0, 1), (b, c, 1, 2), (a, c, 0, 2)):
+            e = e1 - e0
+            t = np.clip(((p - e0) * e).sum(1) / np.maximum((e * e).sum(1), 1e-30), 0.0, 1.0)
+            qe = e0 + t[:, None] * e
+            de = ((qe - p) ** 2).sum(1)
+            better = de < best_d
+            be = np.zeros((len(a), 3))
+            be[:, i0] = 1.0 - t
+            be[:, i1] = t
+            best_d = np.where(better, de, best_d)
+            best_q = np.where(better[:, None], qe, best_q)
+            best_b = np.where(better[:, None], be, best_b)
+        k = int(np.argmin(best_d))
+        out_tri[i], out_bary[i], out_pt[i] = k, best_b[k], best_q[k]
+    return out_tri, out_bary, out_pt
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity dst ~ s R src + t without reflection."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(xd.T @ xs / len(src))
+    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+    rot = u @ np.diag(d) @ vt
+    scale = float((sig * d).sum() / ((xs**2).sum() / len(src)))
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def bfm68_canonical(shared: Path) -> np.ndarray:
+    """PRNet's canonical mean face at its 68 landmark texels, (68, 3), y flipped to up."""
+    uv_dir = shared / "data" / "prnet-official" / "uv-data"
+    kpt = np.loadtxt(uv_dir / "uv_kpt_ind.txt").astype(np.int64)  # (2, 68): col, row
+    face_ind = np.loadtxt(uv_dir / "face_ind.txt").astype(np.int64)
+    canonical = np.load(uv_dir / "canonical_vertices.npy", allow_pickle=False)
+    flat = kpt[1] * 256 + kpt[0]
+    rows = np.searchsorted(face_ind, flat)
+    assert np.array_equal(face_ind[rows], flat), "landmark texels must be face texels"
+    return canonical[rows] * np.array([1.0, -1.0, 1.0])
+
+
+def calibrate_landmarks(
+    ict: ICTModel, bfm68: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """ICP of the BFM 68 onto the ICT face surface. Returns (triangle index (68,), barycentric
+    (68, 3), surface points (68, 3) cm, residual stats)."""
+    tris = ict.face_triangles
+    tri_xyz = ict.neutral[tris].astype(np.float64)
+    jaw_open = ict.expression[ict.expression_names.index("jawOpen")]
+    drop = jaw_open[tris][:, :, 1].mean(axis=1)  # cm, negative = moves down
+    # jawOpen moves the upper inner lip 0.2-0.4 cm, the lower lip and chin about 3 cm.
+    upper_ok = drop > -1.0
+    lower_ok = drop < -1.5
+    allowed = {i: upper_ok for i in UPPER_INNER_LIP} | {i: lower_ok for i in LOWER_INNER_LIP}
+
+    scale, rot, trans = umeyama(bfm68, ict.neutral[ict.landmark_vertices].astype(np.float64))
+    tri_idx = np.zeros(68, dtype=np.int64)
+    bary = np.zeros((68, 3))
+    surface = np.zeros((68, 3))
+    for _ in range(ICP_ROUNDS):
+        moved = scale * bfm68 @ rot.T + trans
+        free = [i for i in range(68) if i not in allowed]
+        t, b, q = closest_points_on_triangles(moved[free], tri_xyz)
+        tri_idx[free], bary[free], surface[free] = t, b, q
+        for i, ok in allowed.items():
+            sub = np.flatnonzero(ok)
+            t, b, q = closest_points_on_triangles(moved[i : i + 1], tri_xyz[sub])
+            tri_idx[i], bary[i], surface[i] = sub[t[0]], b[0], q[0]
+        scale, rot, trans = umeyama(bfm68, surface)
+    moved = scale * bfm68 @ rot.T + trans
+    residual = np.linalg.norm(moved - surface, axis=1)
+    stats = {
+        "canonical_units_per_cm": 1.0 / scale,
+        "residual_mean_mm": float(residual.mean() * 10),
+        "residual_max_mm": float(residual.max() * 10),
+    }
+    return tri_idx, bary, surface, stats
+
+
+def grid_triangles(mask: np.ndarray, texel_index: np.ndarray) -> np.ndarray:
+    """Two triangles per 2x2 block of mask texels. With photo axes (x = col, y = row) mapped
+    to Blender (X = x, Z = -y, depth -> -Y), the order (p00, p10, p01), (p01, p10, p11) gives
+    normals along -Y for a frontal face: out of the face."""
+    full = mask[:-1, :-1] & mask[:-1, 1:] & mask[1:, :-1] & mask[1:, 1:]
+    rows, cols = np.nonzero(full)
+    p00 = texel_index[rows, cols]
+    p01 = texel_index[rows, cols + 1]
+    p10 = texel_index[rows + 1, cols]
+    p11 = texel_index[rows + 1, cols + 1]
+    tri = np.stack([np.stack([p00, p10, p01], 1), np.stack([p01, p10, p11], 1)], 1)
+    return tri.reshape(-1, 3).astype(np.int32)
+
+
+def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
+    ict = load_ict(str(shared))
+    r = RESOLUTION
+    tris = ict.face_triangles
+    corner_texels = uv_to_texel(ict.uvs[ict.face_triangle_uvs])  # (F, 3, 2)
+    tri_id, bary = rasterise_triangles(corner_texels)
+    face_mask = tri_id >= 0
+    bary = np.round(bary, 5)
+
+    kept = np.unique(tris)
+    remap = np.full(ict.neutral.shape[0], -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    ict_triangles = remap[tris].astype(np.int32)
+    first_uv = np.full(ict.neutral.shape[0], -1, dtype=np.int64)
+    flat_v, flat_t = tris.ravel()[::-1], ict.face_triangle_uvs.ravel()[::-1]
+    first_uv[flat_v] = flat_t  # reversed so the first occurrence wins
+    ict_vertex_texels = np.round(uv_to_texel(ict.uvs[first_uv[kept]]), 5).astype(np.float32)
+
+    neutral64 = ict.neutral.astype(np.float64)
+    inside = face_mask.reshape(-1)
+    texel_tris = tri_id.reshape(-1)[inside]
+    texel_bary = bary.reshape(-1, 3)[inside]
+    texel_pos = (neutral64[tris[texel_tris]] * texel_bary[:, :, None]).sum(axis=1)  # ICT axes
+
+    # Calibrated landmarks.
+    tri_lm, bary_lm, surface_lm, stats = calibrate_landmarks(ict, bfm68_canonical(shared))
+    lm_texels = (corner_texels[tri_lm] * bary_lm[:, :, None]).sum(axis=1)
+    landmark_texels = np.round(lm_texels, 4).astype(np.float32)
+
+    # Neck cut: more than 1 cm below the lowest calibrated jaw landmark (ICT Y up).
+    neck_limit = surface_lm[:17, 1].min() - NECK_MARGIN_CM
+    neck_flat = np.zeros(r * r, dtype=bool)
+    neck_flat[np.flatnonzero(inside)[texel_pos[:, 1] < neck_limit]] = True
+    neck = neck_flat.reshape(r, r)
+    mesh_mask = face_mask & ~neck
+    face_texels = np.flatnonzero(mesh_mask.reshape(-1)).astype(np.int64)
+    texel_index = np.full((r, r), -1, dtype=np.int64)
+    texel_index.reshape(-1)[face_texels] = np.arange(len(face_texels))
+    triangles = grid_triangles(mesh_mask, texel_index)
+
+    pos_map = np.zeros((r * r, 3))
+    pos_map[inside] = texel_pos
+    canonical = pos_map[face_texels] * np.array([1.0, -1.0, 1.0])
+    canonical_vertices = np.round(canonical, 4).astype(np.float32)
+
+    # Weight mask (paper eq. 1 with DESIGN section 3's regions).
+    weight = np.where(face_mask, WEIGHT_FACE, 0.0)
+    feature = np.zeros((r, r), dtype=np.uint8)
+    for region in FEATURE_REGIONS:
+        hull = cv2.convexHull(np.round(lm_texels[list(region)]).astype(np.int32))
+        cv2.fillConvexPoly(feature, hull, 1)
+    size = 2 * REGION_DILATION_TEXELS + 1
+    feature = cv2.dilate(feature, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    weight[(feature > 0) & face_mask] = WEIGHT_FEATURE
+    base = np.floor(lm_texels).astype(int)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            weight[base[:, 1] + dy, base[:, 0] + dx] = WEIGHT_LANDMARK
+    weight[neck] = WEIGHT_NECK
+    weight[~face_mask] = 0.0
+
+    lm_vertex_texels = ict_vertex_texels[remap[ict.landmark_vertices]]
+    layout = UVLayout(
+        layout_id=LAYOUT_ID,
+        resolution=r,
+        face_mask=face_mask,
+        mesh_mask=mesh_mask,
+        face_texels=face_texels,
+        triangles=triangles,
+        weight_mask=weight.astype(np.float32),
+        landmark_texels=landmark_texels,
+        ict_landmark_texels=lm_vertex_texels.astype(np.float32),
+        ict_landmark_vertices=ict.landmark_vertices.astype(np.int32),
+        canonical_vertices=canonical_vertices,
+        ict_vertex_ids=kept.astype(np.int32),
+        ict_vertex_texels=ict_vertex_texels,
+        ict_triangles=ict_triangles,
+        ict_neutral=np.round(ict.neutral[kept], 5).astype(np.float32),
+        texel_triangle=tri_id.astype(np.int32),
+        texel_barycentric=bary.astype(np.float32),
+    )
+    stats |= {
+        "face_texels": int(face_mask.sum()),
+        "mesh_vertices": len(face_texels),
+        "mesh_triangles": len(triangles),
+        "neck_texels": int(neck.sum()),
+    }
+    return layout, stats
+
+
+def draw_layout(layout: UVLayout, scale: int = 3) -> np.ndarray:
+    """BGR picture: weight regions, the neck, calibrated (red) and ICT's own (blue) 68."""
+    colours = {16.0: (40, 40, 230), 4.0: (90, 200, 250), 3.0: (170, 200, 170), 0.0: (40, 40, 40)}
+    img = np.full((layout.resolution, layout.resolution, 3), 255, dtype=np.uint8)
+    for value, colour in colours.items():
+        img[(layout.weight_mask == value) & layout.face_mask] = colour
+    img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+    def to_px(p: np.ndarray) -> tuple[int, int]:
+        return round((p[0] + 0.5) * scale), round((p[1] + 0.5) * scale)
+
+    for p in layout.ict_landmark_texels:
+        cv2.circle(img, to_px(p), 3, (200, 80, 0), -1, cv2.LINE_AA)
+    for i, p in enumerate(layout.landmark_texels):
+        cv2.circle(img, to_px(p), 3, (0, 0, 160), -1, cv2.LINE_AA)
+        x, y = to_px(p)
+        cv2.putText(img, str(i), (x + 3, y - 3), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 0, 0), 1)
+    cv2.putText(img, "red: calibrated 68 (BFM-compatible)  blue: ICT's own 68", (8, 16),
+                cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "weights 16 / 4 / 3 / neck 0", (8, 34), cv2.FONT_HERSHEY_PLAIN, 1.0,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--out", type=Path, default=REPO / "model_weights" / LAYOUT_FILENAME)
+    parser.add_argument("--no-png", action="store_true")
+    args = parser.parse_args(argv)
+    layout, stats = build_layout(args.shared)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    layout.save(args.out)
+    if not args.no_png:
+        png = args.out.with_suffix(".png")
+        cv2.imwrite(str(png), draw_layout(layout), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    for key, value in stats.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
