@@ -1,0 +1,116 @@
+"""Crop and uncrop: the similarity between photo pixels and the 256 x 256 network crop.
+
+Pixel convention (OpenCV's): integer coordinates are pixel centres. A crop of side S centred
+on c covers the photo square [c - S/2, c + S/2], which maps onto crop coordinates
+[-0.5, R - 0.5]: crop = k * rot(angle) @ (photo - c) + (R - 1) / 2 with k = R / S.
+DESIGN.md section 3: our crop is centred on the tight 68-landmark box, side 1.5 x mean(w, h),
+identical in training (before augmentation) and inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CropConvention:
+    """How a face box becomes a crop: centre = box centre + center_shift * mean side (down),
+    side = side_scale * mean(box w, box h)."""
+
+    center_shift: float
+    side_scale: float
+
+
+LANDMARK_BOX = CropConvention(0.0, 1.5)
+"""Ours (DESIGN.md section 3): tight 68-landmark box, 1.5 x its mean side."""
+OFFICIAL_LANDMARKS = CropConvention(0.0, 1.6)
+"""Official PRNet from 68 landmarks (api.PRN.process), official-layout path only."""
+OFFICIAL_DLIB = CropConvention(0.14, 1.58)
+"""Official PRNet from dlib CNN boxes, official-layout path only."""
+
+
+@dataclass(frozen=True, eq=False)
+class CropTransform:
+    """crop_from_photo similarity. `matrix` (2, 3) float64 maps photo (x, y) to crop (x, y);
+    `scale` = crop pixels per photo pixel (depth scales by it too)."""
+
+    matrix: np.ndarray
+    scale: float
+    resolution: int
+
+    def inverse_matrix(self) -> np.ndarray:
+        """photo_from_crop (2, 3)."""
+        return cv2.invertAffineTransform(self.matrix)
+
+
+def crop_from_similarity(
+    center_xy: tuple[float, float] | np.ndarray, side_px: float, angle_deg: float = 0.0,
+    resolution: int = 256,
+) -> CropTransform:
+    """Crop of side `side_px` photo pixels centred on `center_xy`, rotated by `angle_deg`
+    (positive = the crop's content appears rotated counter-clockwise)."""
+    k = resolution / float(side_px)
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * k
+    c = np.asarray(center_xy, dtype=np.float64)
+    t = (resolution - 1) / 2.0 - rot @ c
+    return CropTransform(np.column_stack([rot, t]), k, resolution)
+
+
+def box_center_side(
+    box: np.ndarray | tuple[float, ...], convention: CropConvention = LANDMARK_BOX
+) -> tuple[np.ndarray, float]:
+    """(centre (2,), side px) of the crop a face box gives under `convention`."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    mean_side = ((x1 - x0) + (y1 - y0)) / 2.0
+    centre = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0 + convention.center_shift * mean_side])
+    return centre, convention.side_scale * mean_side
+
+
+def crop_from_box(
+    box: np.ndarray | tuple[float, ...], convention: CropConvention = LANDMARK_BOX,
+    resolution: int = 256,
+) -> CropTransform:
+    """The network crop of a face box (x0, y0, x1, y1) in photo pixels."""
+    centre, side = box_center_side(box, convention)
+    return crop_from_similarity(centre, side, 0.0, resolution)
+
+
+def warp_photo_to_crop(
+    photo: np.ndarray, transform: CropTransform, border: int = cv2.BORDER_CONSTANT
+) -> np.ndarray:
+    """(R, R, C) crop, bilinear. BORDER_CONSTANT pads with black; training uses
+    BORDER_REFLECT101 so crops never show black borders benchmark photos don't have."""
+    r = transform.resolution
+    return cv2.warpAffine(photo, transform.matrix, (r, r), flags=cv2.INTER_LINEAR,
+                          borderMode=border)
+
+
+def crop_points(points: np.ndarray, transform: CropTransform) -> np.ndarray:
+    """(N, 2|3) photo points -> crop points; z (if present) is multiplied by the scale."""
+    p = np.asarray(points, dtype=np.float64)
+    out = p.copy()
+    out[..., :2] = p[..., :2] @ transform.matrix[:, :2].T + transform.matrix[:, 2]
+    if p.shape[-1] > 2:
+        out[..., 2] = p[..., 2] * transform.scale
+    return out.astype(np.float32)
+
+
+def uncrop_points(points: np.ndarray, transform: CropTransform) -> np.ndarray:
+    """Inverse of `crop_points`."""
+    inv = transform.inverse_matrix()
+    p = np.asarray(points, dtype=np.float64)
+    out = p.copy()
+    out[..., :2] = p[..., :2] @ inv[:, :2].T + inv[:, 2]
+    if p.shape[-1] > 2:
+        out[..., 2] = p[..., 2] / transform.scale
+    return out.astype(np.float32)
+
+
+def uncrop_position_map(position_map: np.ndarray, transform: CropTransform) -> np.ndarray:
+    """(R, R, 3) crop-pixel position map -> photo pixels: x, y through the inverse similarity,
+    z divided by the crop scale (DESIGN.md section 3)."""
+    return uncrop_points(position_map, transform)

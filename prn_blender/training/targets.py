@@ -1,0 +1,292 @@
+"""Training targets: teacher landmarks + hand labels -> ICT fit -> position maps -> shards.
+
+DESIGN.md section 2. For every training face (dev faces excluded, section 5):
+
+1. observations: the 3DDFA-V2 teacher's 68 3D points (cache/teachers/tddfa68.npz), the hand
+   labels where the set has them (300W 68 points with the jaw down-weighted; AFLW 21 points
+   through their fitted UV locations), and MediaPipe's 478 points when available;
+2. `fit.fit_face`: scaled-orthographic pose + ICT identity + bounded expression;
+3. the fitted ICT mesh (kept face vertices only) is rasterised into the layout through the
+   precomputed texel -> triangle / barycentric table: a gather and a weighted sum;
+4. shards of (storage JPEG bytes, position map float16 in storage pixels, landmark box).
+
+Work is split into fixed chunks of faces; each chunk becomes one shard written atomically,
+so an interrupted or crashed run redoes only the missing chunks: nothing is lost or done
+twice (`--workers N` runs chunks in parallel processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.layout import UVLayout
+from .faces import FACE_SETS, FaceRecord, dev_names, iter_jpeg_bytes, load_face_set
+from .fit import (
+    ICT_TO_PM,
+    FitResult,
+    FitSettings,
+    Observations,
+    SurfaceBasis,
+    fit_face,
+    locate_texels_in_ict,
+    surface_basis,
+)
+from .shards import write_shard
+
+
+@dataclass(frozen=True, eq=False)
+class KeptModel:
+    """The ICT linear model on the layout's kept vertices, position-map axes, cm, flattened
+    for fast evaluation: vertices = (mean + coeffs @ modes).reshape(K, 3)."""
+
+    mean: np.ndarray  # (3K,)
+    modes: np.ndarray  # (100 + 53, 3K) float32
+
+    def vertices(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        coeffs = np.concatenate([identity, expression]).astype(np.float32)
+        return (self.mean + coeffs @ self.modes).reshape(-1, 3)
+
+
+def kept_model(layout: UVLayout, neutral: np.ndarray, identity: np.ndarray,
+               expression: np.ndarray) -> KeptModel:
+    ids = layout.ict_vertex_ids
+    mean = (neutral[ids] * ICT_TO_PM).reshape(-1)
+    modes = np.concatenate([identity[:, ids], expression[:, ids]]) * ICT_TO_PM
+    return KeptModel(mean.astype(np.float32), modes.reshape(modes.shape[0], -1).astype(np.float32))
+
+
+def landmark_basis(layout: UVLayout, neutral: np.ndarray, identity: np.ndarray,
+                   expression: np.ndarray, extra_texels: np.ndarray | None = None) -> SurfaceBasis:
+    """Basis at the calibrated 68 (rows 0-67) followed by any extra surface points given as
+    texel coordinates (e.g. AFLW's 21 points, MediaPipe's 478 correspondences)."""
+    texels = layout.landmark_texels
+    if extra_texels is not None:
+        texels = np.concatenate([texels, extra_texels])
+    vertex_ids, bary = locate_texels_in_ict(layout, texels)
+    return surface_basis(neutral, identity, expression, vertex_ids, bary)
+
+
+def fitted_position_map(layout: UVLayout, model: KeptModel, fit: FitResult) -> np.ndarray:
+    """(R, R, 3) float32 target position map in the photo's pixels, NaN outside the face
+    mask, z shifted so the face's minimum z is 0 (DESIGN section 3)."""
+    verts = fit.to_photo(model.vertices(fit.identity, fit.expression))
+    r = layout.resolution
+    tri = layout.texel_triangle.reshape(-1)
+    inside = tri >= 0
+    corners = layout.ict_triangles[tri[inside]]  # (M, 3) indices into kept vertices
+    bary = layout.texel_barycentric.reshape(-1, 3)[inside]
+    values = (verts[corners] * bary[:, :, None]).sum(axis=1)
+    values[:, 2] -= values[:, 2].min()
+    out = np.full((r * r, 3), np.nan, dtype=np.float32)
+    out[inside] = values
+    return out.reshape(r, r, 3)
+
+
+# MediaPipe canonical vertex -> calibrated 68 index, for the initial alignment of the
+# MediaPipe canonical face onto ICT (eye corners, nose tip, mouth corners, chin, inner lips).
+MEDIAPIPE_ANCHORS = {33: 36, 133: 39, 362: 42, 263: 45, 4: 30, 61: 48, 291: 54, 152: 8,
+                     13: 62, 14: 66}
+MEDIAPIPE_POINTS = 468
+"""The iris points 468-477 sit on the eyeballs, which are not part of our layout."""
+MEDIAPIPE_MAX_DISTANCE_CM = 0.6
+"""Canonical MediaPipe points further than this from the ICT face surface get no partner."""
+
+
+def read_obj_vertices(path: Path) -> np.ndarray:
+    with open(path) as fh:
+        return np.array([line.split()[1:4] for line in fh if line.startswith("v ")], float)
+
+
+def mediapipe_correspondences(
+    layout: UVLayout, neutral: np.ndarray, face_triangles: np.ndarray, shared: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MediaPipe canonical mesh -> ICT face surface, computed once (DESIGN section 2, step 4).
+
+    The canonical face (cm, +Y up, +Z to the viewer: ICT's axes) is aligned to the ICT neutral
+    by a similarity on `MEDIAPIPE_ANCHORS` (calibrated 68 surface points), then each point takes
+    its closest point on the ICT face polygons. Returns (mediapipe indices (P,), ICT vertex ids
+    (P, 3), barycentric (P, 3), distance cm (P,)) for the points within
+    `MEDIAPIPE_MAX_DISTANCE_CM`."""
+    from .make_layout import closest_points_on_triangles, umeyama
+
+    canonical = read_obj_vertices(shared / "data" / "mediapipe" / "canonical_face_model.obj")
+    lm_ids, lm_bary = locate_texels_in_ict(layout, layout.landmark_texels)
+    lm_pos = (neutral[lm_ids] * lm_bary[:, :, None]).sum(1)
+    src = canonical[list(MEDIAPIPE_ANCHORS)]
+    dst = lm_pos[list(MEDIAPIPE_ANCHORS.values())]
+    scale, rot, trans = umeyama(src, dst)
+    moved = scale * canonical[:MEDIAPIPE_POINTS] @ rot.T + trans
+    tri_xyz = neutral[face_triangles].astype(np.float64)
+    tri, bary, closest = closest_points_on_triangles(moved, tri_xyz)
+    dist = np.linalg.norm(closest - moved, axis=1)
+    keep = np.flatnonzero(dist <= MEDIAPIPE_MAX_DISTANCE_CM)
+    return keep, face_triangles[tri[keep]], bary[keep], dist[keep]
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-face pipeline and the chunked, resumable, parallel driver.
+
+LABEL_WEIGHT_300W_JAW = 0.1
+"""300W's jaw is a 2D silhouette convention, not BFM's 3D jaw line (DESIGN section 2)."""
+CHUNK_SIZE = 250
+
+
+@dataclass(frozen=True, eq=False)
+class TargetContext:
+    """Everything a worker needs, built once per process."""
+
+    layout: UVLayout
+    model: KeptModel
+    basis: SurfaceBasis
+    """Rows 0-67: calibrated 68; then the MediaPipe partners (`mediapipe_index`)."""
+    mediapipe_index: np.ndarray
+    settings: FitSettings
+
+
+def build_context(shared: Path, settings: FitSettings | None = None) -> TargetContext:
+    from ..core.layout import load_layout
+    from .ict import load_ict
+
+    layout = load_layout()
+    ict = load_ict(str(shared))
+    neutral = ict.neutral.astype(np.float64)
+    mp_index, mp_ids, mp_bary, _ = mediapipe_correspondences(
+        layout, neutral, ict.face_triangles, shared
+    )
+    lm_ids, lm_bary = locate_texels_in_ict(layout, layout.landmark_texels)
+    basis = surface_basis(
+        ict.neutral, ict.identity, ict.expression,
+        np.concatenate([lm_ids, mp_ids]), np.concatenate([lm_bary, mp_bary]),
+    )
+    model = kept_model(layout, ict.neutral, ict.identity, ict.expression)
+    return TargetContext(layout, model, basis, mp_index, settings or FitSettings())
+
+
+def observations_for(
+    ctx: TargetContext, teacher68: np.ndarray, record: FaceRecord,
+    mediapipe478: np.ndarray | None, use_labels: bool,
+) -> Observations:
+    labels = label_rows = label_weights = None
+    if use_labels and record.set_name == "300w" and record.landmarks is not None:
+        labels = record.landmarks
+        label_rows = np.arange(68)
+        label_weights = np.where(np.arange(68) < 17, LABEL_WEIGHT_300W_JAW, 1.0)
+    dense = dense_rows = None
+    if mediapipe478 is not None and np.isfinite(mediapipe478).all():
+        dense = mediapipe478[ctx.mediapipe_index]
+        dense_rows = 68 + np.arange(len(ctx.mediapipe_index))
+    return Observations(
+        teacher=teacher68.astype(np.float64), teacher_rows=np.arange(68),
+        labels=labels, label_rows=label_rows, label_weights=label_weights,
+        dense=dense, dense_rows=dense_rows,
+    )
+
+
+def fitted_landmarks(ctx: TargetContext, fit: FitResult) -> np.ndarray:
+    """(68, 3) calibrated landmarks of a fit, photo pixels."""
+    return fit.to_photo(ctx.basis.subset(np.arange(68)).points(fit.identity, fit.expression))
+
+
+def load_teachers(cache: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict]]:
+    """name -> teacher arrays per set: (3DDFA-V2 68, MediaPipe 478 or missing)."""
+    tddfa: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(cache / "teachers" / "tddfa68.npz", allow_pickle=False) as t:
+        for set_name in FACE_SETS:
+            names = [str(n) for n in t[f"{set_name}_names"]]
+            tddfa[set_name] = dict(zip(names, t[f"{set_name}_landmarks"], strict=True))
+    mediapipe: dict[str, dict] = {}
+    for set_name in FACE_SETS:
+        path = cache / "teachers" / f"mediapipe478_{MEDIAPIPE_FILES[set_name]}.npz"
+        mediapipe[set_name] = {}
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as m:
+                for name, found, pts in zip(m["names"], m["detected"], m["points"], strict=True):
+                    if found:
+                        mediapipe[set_name][str(name)] = pts
+    return tddfa, mediapipe
+
+
+MEDIAPIPE_FILES = {"300w": "300w", "aflw": "aflw_gt_crop", "utkface": "utkface"}
+
+
+_CTX: TargetContext | None = None
+_TEACHERS: tuple[dict, dict] | None = None
+
+
+def _init_worker(shared: str, cache: str) -> None:
+    global _CTX, _TEACHERS
+    _CTX = build_context(Path(shared))
+    _TEACHERS = load_teachers(Path(cache))
+
+
+def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
+    """Fit and rasterise one chunk of faces, write its shard. Returns summary statistics."""
+    set_name, chunk, names, out_dir = job
+    assert _CTX is not None and _TEACHERS is not None
+    ctx, (tddfa, mediapipe) = _CTX, _TEACHERS
+    wanted = set(names)
+    records = [r for r in load_face_set(set_name) if r.name in wanted]
+    jpegs, maps, boxes, out_names, yaws = [], [], [], [], []
+    teacher_rms, label_rms, rejected = [], [], 0
+    for record, jpeg in iter_jpeg_bytes(records):
+        obs = observations_for(ctx, tddfa[set_name][record.name], record,
+                               mediapipe[set_name].get(record.name), use_labels=True)
+        fit = fit_face(ctx.basis, obs, ctx.settings)
+        face_px = float(np.linalg.norm(np.ptp(obs.teacher[:, :2], axis=0)))
+        if not np.isfinite(fit.teacher_rms_px) or fit.teacher_rms_px > REJECT_RMS * face_px:
+            rejected += 1
+            continue
+        lm = fitted_landmarks(ctx, fit)
+        jpegs.append(jpeg)
+        maps.append(fitted_position_map(ctx.layout, ctx.model, fit).astype(np.float16))
+        boxes.append([*lm[:, :2].min(0), *lm[:, :2].max(0)])
+        out_names.append(record.name)
+        yaws.append(record.yaw_deg)
+        teacher_rms.append(fit.teacher_rms_px / face_px)
+        if np.isfinite(fit.label_rms_px):
+            label_rms.append(fit.label_rms_px / face_px)
+    write_shard(Path(out_dir) / f"{set_name}-{chunk:04d}", jpegs,
+                np.stack(maps) if maps else np.zeros((0, 256, 256, 3), np.float16),
+                np.asarray(boxes, np.float32).reshape(-1, 4), out_names,
+                [set_name] * len(out_names), np.asarray(yaws, np.float32))
+    return {"faces": len(out_names), "rejected": rejected,
+            "teacher_rms": float(np.sum(teacher_rms)), "label_rms": float(np.sum(label_rms)),
+            "labelled": len(label_rms)}
+
+
+REJECT_RMS = 0.08
+"""Reject a fit whose RMS distance to the teacher's 68 exceeds 8 % of the face's diagonal."""
+
+
+def training_jobs(out_dir: Path) -> list[tuple[str, int, list[str], str]]:
+    """Fixed chunks of the training faces (dev faces never enter), in a stable order."""
+    jobs = []
+    for set_name in FACE_SETS:
+        dev = dev_names(set_name)
+        names = [r.name for r in load_face_set(set_name) if r.name not in dev]
+        for chunk, start in enumerate(range(0, len(names), CHUNK_SIZE)):
+            jobs.append((set_name, chunk, names[start : start + CHUNK_SIZE], str(out_dir)))
+    return jobs
+
+
+def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2) -> None:
+    """Resumable: chunks whose shard exists are skipped; a crashed chunk is redone."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    jobs = [j for j in training_jobs(out_dir)
+            if not (out_dir / f"{j[0]}-{j[1]:04d}.npz").is_file()]
+    total: dict[str, float] = {}
+    with mp.get_context("fork").Pool(workers, _init_worker, (str(shared), str(cache))) as pool:
+        bar = tqdm(pool.imap_unordered(_make_chunk, jobs), total=len(jobs), desc="target chunks")
+        for stats in bar:
+            for key, value in stats.items():
+                total[key] = total.get(key, 0) + value
+    if total.get("faces"):
+        print(f"faces {total['faces']:.0f}, rejected {total['rejected']:.0f}, "
+              f"mean RMS to teacher {100 * total['teacher_rms'] / total['faces']:.2f} % of the "
+              f"face diagonal")
