@@ -29,7 +29,7 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
         raise PrnError("CUDA was requested but no CUDA GPU is usable here; choose 'auto' or 'cpu'.")
     if preference == "mps" and not _mps_available():
-        raise PrnError("MPS (Apple GPU) was requested but is not available; choose 'auto' or 'cpu'.")
+        raise PrnError("MPS (Apple GPU) was requested but is not available; use auto or cpu.")
     return torch.device(preference)
 
 

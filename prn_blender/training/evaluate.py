@@ -6,12 +6,11 @@
 * Crops: 300W from the tight box of its 68 hand labels (our crop convention, DESIGN section 3);
   AFLW from the box its stored 3DDFA-style crop implies (centred square of side 120 / sqrt 2).
 
-AFLW's 21 points are compared through 68-point equivalents: each AFLW point is the 68-point
-landmark (or the mean of a few) that best matches it on AFLW *training* faces with |yaw| < 30,
-chosen automatically from `AFLW_CANDIDATES` (AFLW's own "left"/"right" naming is easy to get
-wrong by hand). The same mapping applies to our network and to both teachers, so the columns
-are comparable. MediaPipe's 68 are its 478 points nearest (on 300W training labels) to each
-of the 68; faces MediaPipe misses are counted separately.
+NME definitions are metrics.py's. AFLW's 21 points are compared through 68-point equivalents
+(`metrics.aflw21_from_ibug68`, chosen on AFLW training faces), the same for our network and
+both teachers, so the columns are comparable. MediaPipe's 68 are its 478 points nearest (on
+300W training labels) to each of the 68; faces MediaPipe misses count as NME 100 % in the CED
+and are left out of the means (its detection rate is reported beside them).
 """
 
 from __future__ import annotations
@@ -28,58 +27,15 @@ import torch
 from ..core.crop import crop_from_box, uncrop_points, warp_photo_to_crop
 from ..core.geometry import landmarks_from_position_map
 from ..core.layout import UVLayout, load_layout
-from .faces import AFLW_EAR_INDICES, dev_names, iter_images, load_face_set, yaw_bin
+from . import metrics
+from .faces import dev_names, iter_images, load_face_set
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPING_FILE = REPO / "model_weights" / "eval_point_maps.json"
 
-# Candidate 68-point definitions of AFLW points: single landmarks and small means.
-AFLW_CANDIDATES: list[tuple[int, ...]] = (
-    [(i,) for i in range(68)]
-    + [(37, 38, 40, 41), (43, 44, 46, 47), (36, 39), (42, 45), (51, 57), (62, 66), (61, 62, 63),
-       (65, 66, 67), (31, 32), (34, 35), (19, 20), (23, 24), (7, 8, 9), (17, 18), (25, 26)]
-)
-
-
-def nme(pred_xy: np.ndarray, label_xy: np.ndarray) -> float:
-    """Mean 2D error over the finite labelled points / sqrt(w h) of their box."""
-    ok = np.isfinite(label_xy).all(axis=1) & np.isfinite(pred_xy).all(axis=1)
-    lab = label_xy[ok]
-    if len(lab) < 2:
-        return float("nan")
-    size = np.sqrt(np.prod(lab.max(0) - lab.min(0)))
-    return float(np.linalg.norm(pred_xy[ok] - lab, axis=1).mean() / max(size, 1e-6))
-
-
-def aflw_points_from_68(points68: np.ndarray, mapping: list[tuple[int, ...]]) -> np.ndarray:
-    """(21, 2) AFLW-equivalent points from (68, 2+) landmarks; ears NaN."""
-    out = np.full((21, 2), np.nan)
-    for k, idx in enumerate(mapping):
-        if k in AFLW_EAR_INDICES or not idx:
-            continue
-        out[k] = points68[list(idx), :2].mean(axis=0)
-    return out
-
-
-def fit_point_maps(teacher_path: Path, mediapipe_dir: Path) -> dict:
-    """AFLW 21 -> 68 equivalents and MediaPipe 478 -> 68, fitted on TRAINING faces only."""
-    t = np.load(teacher_path, allow_pickle=False)
-    aflw = load_face_set("aflw")
-    dev = dev_names("aflw")
-    tidx = {str(n): i for i, n in enumerate(t["aflw_names"])}
-    train = [r for r in aflw if r.name not in dev and r.yaw_deg < 30]
-    lab = np.stack([r.landmarks for r in train])  # (M, 21, 2)
-    lm = np.stack([t["aflw_landmarks"][tidx[r.name]] for r in train])
-    mapping: list[tuple[int, ...]] = []
-    for k in range(21):
-        if k in AFLW_EAR_INDICES:
-            mapping.append(())
-            continue
-        ok = np.isfinite(lab[:, k]).all(axis=1)
-        errs = [np.median(np.linalg.norm(lm[ok][:, list(c), :2].mean(1) - lab[ok, k], axis=1))
-                for c in AFLW_CANDIDATES]
-        mapping.append(AFLW_CANDIDATES[int(np.argmin(errs))])
-    # MediaPipe -> 68 on 300W training faces' hand labels.
+def fit_point_maps(mediapipe_dir: Path) -> dict:
+    """MediaPipe 478 -> 68: per landmark, the MediaPipe point with the smallest median
+    distance to the 300W hand labels of TRAINING faces (never dev faces)."""
     w300 = load_face_set("300w")
     dev300 = dev_names("300w")
     mp_file = np.load(mediapipe_dir / "mediapipe478_300w.npz", allow_pickle=False)
@@ -92,7 +48,7 @@ def fit_point_maps(teacher_path: Path, mediapipe_dir: Path) -> dict:
     for k in range(68):
         d = np.linalg.norm(pts - labels[:, k : k + 1], axis=2)  # (M, 478)
         mp68.append(int(np.argmin(np.median(d, axis=0))))
-    return {"aflw21_from_68": [list(c) for c in mapping], "mediapipe68": mp68}
+    return {"mediapipe68": mp68}
 
 
 def load_point_maps() -> dict:
@@ -149,28 +105,29 @@ def dev_data(limit: int | None = None) -> dict[str, tuple[list, list, list]]:
     return data
 
 
-def score(records: list, preds68: np.ndarray, set_name: str, maps: dict) -> dict[str, float]:
-    """NME (%) overall, per |yaw| bin and balanced (AFLW), for 68-point predictions."""
-    errs, bins = [], []
-    for r, p in zip(records, preds68, strict=True):
-        if set_name == "300w":
-            errs.append(nme(p[17:, :2], r.landmarks[17:]))
-        else:
-            errs.append(nme(aflw_points_from_68(p, maps["aflw21_from_68"]), r.landmarks))
-        bins.append(yaw_bin(r.yaw_deg))
-    errs_a, bins_a = np.asarray(errs) * 100, np.asarray(bins)
-    out = {"all": float(np.nanmean(errs_a)), "n": float(np.isfinite(errs_a).sum())}
+def face_nme(records: list, preds68: np.ndarray, set_name: str) -> np.ndarray:
+    """(N,) NME fractions (metrics.py definitions) of 68-point predictions."""
+    if set_name == "300w":
+        return metrics.nme_300w(preds68, np.stack([r.landmarks for r in records]))
+    labels = np.stack([r.landmarks for r in records])
+    visible = np.stack([r.visible for r in records])
+    return metrics.nme_aflw(metrics.aflw21_from_ibug68(preds68[:, :, :2]), labels, visible)
+
+
+def score(records: list, preds68: np.ndarray, set_name: str) -> dict[str, float]:
+    """NME (%) overall and, for AFLW, per |yaw| bin and balanced."""
+    errs = face_nme(records, preds68, set_name)
+    out = {"all": 100 * float(np.nanmean(errs)), "n": float(np.isfinite(errs).sum())}
     if set_name == "aflw":
-        per_bin = [float(np.nanmean(errs_a[bins_a == b])) for b in range(3)]
-        out |= {"0-30": per_bin[0], "30-60": per_bin[1], "60-90": per_bin[2],
-                "balanced": float(np.mean(per_bin))}
+        binned = metrics.binned_nme(errs, np.array([r.yaw_deg for r in records]))
+        out |= {"0-30": 100 * binned.per_bin[0], "30-60": 100 * binned.per_bin[1],
+                "60-90": 100 * binned.per_bin[2], "balanced": 100 * binned.balanced}
     return out
 
 
 def make_training_evaluator(limit: int | None = 100) -> Callable[[torch.nn.Module], dict]:
     """A quick dev NME for the training loop (first `limit` faces of each dev set)."""
     layout = load_layout()
-    maps = load_point_maps()
     data = dev_data(limit)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -178,7 +135,7 @@ def make_training_evaluator(limit: int | None = 100) -> Callable[[torch.nn.Modul
         run = NetworkLandmarks(model, layout, device)
         result = {}
         for set_name, (records, images, boxes) in data.items():
-            s = score(records, run(images, boxes), set_name, maps)
+            s = score(records, run(images, boxes), set_name)
             result[f"{set_name}_nme"] = s.get("balanced", s["all"])
         return result
 
@@ -200,7 +157,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     from ..net.weights import load_weights
 
     if args.fit_point_maps or not MAPPING_FILE.is_file():
-        maps = fit_point_maps(args.teachers / "tddfa68.npz", args.teachers)
+        maps = fit_point_maps(args.teachers)
         MAPPING_FILE.write_text(json.dumps(maps, indent=1) + "\n")
     maps = load_point_maps()
     layout = load_layout()
@@ -226,11 +183,18 @@ def run_evaluation(args: argparse.Namespace) -> int:
         mp_rows = [midx[r.name] for r in records]
         mp68 = mpf["points"][mp_rows][:, maps["mediapipe68"]]  # NaN when missed
         report[set_name] = {
-            "ours": score(records, run(images, boxes), set_name, maps),
-            "3DDFA-V2 teacher": score(records, tdd, set_name, maps),
-            "MediaPipe teacher": score(records, mp68, set_name, maps),
+            "ours": run(images, boxes),
+            "3DDFA-V2 teacher": tdd,
+            "MediaPipe teacher": mp68,
         }
+        curves = {who: face_nme(records, p, set_name) for who, p in report[set_name].items()}
+        report[set_name] = {who: score(records, p, set_name)
+                            for who, p in report[set_name].items()}
         report[set_name]["MediaPipe teacher"]["detected"] = float(mpf["detected"][mp_rows].mean())
+        args.out.mkdir(parents=True, exist_ok=True)
+        metrics.write_ced_png(args.out / f"ced_{set_name}.png",
+                              {who: np.nan_to_num(e, nan=1.0) for who, e in curves.items()},
+                              title=f"{set_name} dev CED")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dev_nme.json").write_text(json.dumps(report, indent=1) + "\n")
     for set_name, rows in report.items():
