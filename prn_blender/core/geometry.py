@@ -51,6 +51,8 @@ def bilinear_sample(
         total = w.sum(axis=1, keepdims=True)
         w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.25)
     values = grid[ys, xs].astype(np.float64)  # (M, 4, C)
+    # Out-of-mask texels may hold NaN (targets): they carry zero weight, so drop them.
+    values = np.where(w[:, :, None] > 0, values, 0.0)
     return (values * w[:, :, None]).sum(axis=1).astype(np.float32)
 
 
