@@ -4,7 +4,9 @@ Pixel convention (OpenCV's): integer coordinates are pixel centres. A crop of si
 on c covers the photo square [c - S/2, c + S/2], which maps onto crop coordinates
 [-0.5, R - 0.5]: crop = k * rot(angle) @ (photo - c) + (R - 1) / 2 with k = R / S.
 DESIGN.md section 3: our crop is centred on the tight 68-landmark box, side 1.5 x mean(w, h),
-identical in training (before augmentation) and inference.
+identical in training (before augmentation) and inference. The official PRNet crop (scale
+(R - 1) / size, corners on pixel centres 0 and R - 1) is `official_crop_from_box`, for the
+official-layout path only. Depth (z) scales with the crop like x and y.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def crop_from_similarity(
     center_xy: tuple[float, float] | np.ndarray, side_px: float, angle_deg: float = 0.0,
     resolution: int = 256,
 ) -> CropTransform:
-    """Crop of side `side_px` photo pixels centred on `center_xy`, rotated by `angle_deg`
-    (positive = the crop's content appears rotated counter-clockwise)."""
+    """Crop of side `side_px` photo pixels centred on `center_xy` (photo px), rotated by
+    `angle_deg` (positive = the crop's content appears rotated counter-clockwise on screen).
+    The photo point `center_xy` lands on the crop centre ((R - 1) / 2, (R - 1) / 2)."""
+    if not side_px > 0:
+        raise ValueError(f"crop side must be positive, got {side_px} px")
     k = resolution / float(side_px)
     a = np.deg2rad(angle_deg)
     rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) * k
@@ -77,6 +82,25 @@ def crop_from_box(
     """The network crop of a face box (x0, y0, x1, y1) in photo pixels."""
     centre, side = box_center_side(box, convention)
     return crop_from_similarity(centre, side, 0.0, resolution)
+
+
+def official_crop_from_box(
+    box: np.ndarray | tuple[float, ...], convention: CropConvention = OFFICIAL_LANDMARKS,
+    resolution: int = 256,
+) -> CropTransform:
+    """The official PRNet crop (api.PRN.process), for the official-layout path only.
+
+    size = int(side_scale x mean side) (truncated, as the official code does); the photo
+    square's corners (cx - size/2, cy - size/2) and (cx + size/2, ...) map onto crop pixels
+    0 and R - 1, so scale = (R - 1) / size, not R / size as in ours."""
+    centre, side = box_center_side(box, convention)
+    size = float(int(side))
+    if not size > 0:
+        raise ValueError(f"box {tuple(box)} gives an empty official crop")
+    k = (resolution - 1) / size
+    t = -k * (centre - size / 2.0)
+    matrix = np.array([[k, 0.0, t[0]], [0.0, k, t[1]]])
+    return CropTransform(matrix, k, resolution)
 
 
 def warp_photo_to_crop(

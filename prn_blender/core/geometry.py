@@ -33,27 +33,52 @@ def mesh_uvs(layout: UVLayout) -> np.ndarray:
 def bilinear_sample(
     grid: np.ndarray, texels_xy: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """Bilinear read of an (R, R, C) grid at (M, 2) continuous texel positions (x, y).
+    """Bilinear read of an (R, R, C) grid at (M, 2) continuous texel positions (x, y); texel
+    centres at integers. Returns (M, C) float32.
 
-    With `mask`, the four weights are renormalised over in-mask texels only: eye and inner-lip
-    landmarks sit next to UV holes whose texels hold no face (DESIGN.md section 8)."""
+    With `mask` ((R, R) bool), only in-mask texels are read (DESIGN.md section 8: eye and
+    inner-lip landmarks sit next to UV holes whose texels hold no face, or NaN):
+    * one of the four texels outside: it is replaced by its parallelogram extrapolation from
+      the other three (v_missing = v_side1 + v_side2 - v_opposite), so linear fields are
+      still read exactly (plain renormalisation would be off by up to 0.3 texel there);
+    * two or three outside: the weights are renormalised over the in-mask texels;
+    * all four outside: the plain bilinear read (NaN if the grid holds NaN there)."""
     r_h, r_w = grid.shape[:2]
     xy = np.asarray(texels_xy, dtype=np.float64)
     x0 = np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, r_w - 2)
     y0 = np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, r_h - 2)
     fx = np.clip(xy[:, 0] - x0, 0.0, 1.0)
     fy = np.clip(xy[:, 1] - y0, 0.0, 1.0)
+    # Corners 0..3 = (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1).
     ys = np.stack([y0, y0, y0 + 1, y0 + 1], axis=1)
     xs = np.stack([x0, x0 + 1, x0, x0 + 1], axis=1)
     w = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
+    use = np.ones_like(w, dtype=bool)
     if mask is not None:
-        w = w * mask[ys, xs]
-        total = w.sum(axis=1, keepdims=True)
-        w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.25)
+        use = np.asarray(mask, dtype=bool)[ys, xs]
+        n_in = use.sum(axis=1)
+        one_out = n_in == 3
+        if one_out.any():
+            missing = np.argmax(~use[one_out], axis=1)
+            w_missing = w[one_out, missing]
+            rows = np.flatnonzero(one_out)
+            w[rows[:, None], _SIDES[missing]] += w_missing[:, None]
+            w[rows, 3 - missing] -= w_missing  # the diagonally opposite corner
+            w[rows, missing] = 0.0
+        renorm = (n_in == 1) | (n_in == 2)
+        w_r = w[renorm] * use[renorm]
+        total = w_r.sum(axis=1, keepdims=True)
+        equal = use[renorm] / use[renorm].sum(axis=1, keepdims=True)  # on a zero-weight edge
+        w[renorm] = np.where(total > 0, w_r / np.where(total > 0, total, 1.0), equal)
+        use[n_in == 0] = True
     values = grid[ys, xs].astype(np.float64)  # (M, 4, C)
     # Out-of-mask texels may hold NaN (targets): they carry zero weight, so drop them.
-    values = np.where(w[:, :, None] > 0, values, 0.0)
+    values = np.where(use[:, :, None], values, 0.0)
     return (values * w[:, :, None]).sum(axis=1).astype(np.float32)
+
+
+_SIDES = np.array([[1, 2], [0, 3], [0, 3], [1, 2]])
+"""The two corners sharing an edge with each corner of a 2x2 block (0 = top left)."""
 
 
 def landmarks_from_position_map(
@@ -72,8 +97,13 @@ def ict_vertices_from_position_map(position_map: np.ndarray, layout: UVLayout) -
 
 
 def position_map_from_mesh(mesh_vertices: np.ndarray, layout: UVLayout) -> np.ndarray:
-    """Rasterise an ICT-topology mesh (K kept vertices, (K, 3), any frame) into the layout:
-    per face texel, the barycentric blend of its ICT triangle's corners. NaN outside."""
+    """Rasterise an ICT-topology mesh into the layout: a gather plus a weighted sum.
+
+    mesh_vertices: (K, 3) positions of the kept ICT vertices (`layout.ict_vertex_ids` order,
+    so a full ICT mesh is restricted with `full[layout.ict_vertex_ids]`), any frame.
+    Returns (R, R, 3) float32: per `face_mask` texel, the barycentric blend
+    (`texel_barycentric`) of its ICT triangle's (`texel_triangle`, `ict_triangles`) corners;
+    NaN outside the face mask. Linear functions of the vertices are reproduced exactly."""
     r = layout.resolution
     tri = layout.texel_triangle.reshape(-1)
     inside = tri >= 0
@@ -85,13 +115,57 @@ def position_map_from_mesh(mesh_vertices: np.ndarray, layout: UVLayout) -> np.nd
     return out.reshape(r, r, 3)
 
 
+def decimate_triangles(layout: UVLayout, stride: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A coarser grid mesh: every `stride`-th texel in rows and columns (texels whose row and
+    column are multiples of `stride`), two triangles per coarse quad.
+
+    A coarse quad is kept only where its whole (stride + 1) x (stride + 1) block of texels is
+    in `layout.mesh_mask`, so holes one texel tall (the eyes) stay open (DESIGN.md section 3);
+    the price is a border up to stride - 1 texels narrower than the full mesh.
+    Winding as `layout.triangles` (outward in the Blender frame).
+
+    Returns (vertex_indices (M,) int64 indices into the full mesh's vertices, ascending;
+    triangles (T, 3) int32 indices into vertex_indices). stride = 1 gives the full mesh."""
+    if stride < 1:
+        raise ValueError(f"stride must be a positive number of texels, got {stride}")
+    r = layout.resolution
+    mask = np.asarray(layout.mesh_mask, dtype=bool)
+    # Integral image: number of mask texels in every (stride + 1)^2 block, by top-left corner.
+    integral = np.zeros((r + 1, r + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(axis=0).cumsum(axis=1)
+    n = r - stride  # top-left corners whose block fits in the grid
+    block = stride + 1
+    counts = (integral[block:, block:] - integral[:n, block:] - integral[block:, :n]
+              + integral[:n, :n])
+    full = counts == block * block
+    rows, cols = np.nonzero(full[::stride, ::stride])
+    rows, cols = rows * stride, cols * stride
+    texel_index = np.full(r * r, -1, dtype=np.int64)
+    texel_index[layout.face_texels] = np.arange(layout.face_texels.shape[0])
+    texel_index = texel_index.reshape(r, r)
+    p00 = texel_index[rows, cols]
+    p01 = texel_index[rows, cols + stride]
+    p10 = texel_index[rows + stride, cols]
+    p11 = texel_index[rows + stride, cols + stride]
+    full_tris = np.stack([np.stack([p00, p10, p01], 1), np.stack([p01, p10, p11], 1)], 1)
+    full_tris = full_tris.reshape(-1, 3)
+    vertex_indices, compact = np.unique(full_tris, return_inverse=True)
+    return vertex_indices.astype(np.int64), compact.reshape(-1, 3).astype(np.int32)
+
+
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(N, 3) unit area-weighted vertex normals, in the frame of `vertices`."""
+    """(N, 3) float32 unit area-weighted vertex normals, in the frame of `vertices`.
+
+    The direction follows the winding: layout triangles give outward normals in the Blender
+    frame, hence *inward* ones for photo-frame vertices (that map is a reflection). Vertices
+    in no triangle get a zero normal."""
     v = np.asarray(vertices, dtype=np.float64)
-    t = np.asarray(triangles)
-    face_n = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
-    normals = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(normals, t[:, k], face_n)
+    t = np.asarray(triangles, dtype=np.int64)
+    face_n = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])  # |n| = 2 x area
+    idx = t.reshape(-1)
+    weights = np.repeat(face_n, 3, axis=0)
+    normals = np.stack(
+        [np.bincount(idx, weights=weights[:, k], minlength=v.shape[0]) for k in range(3)], 1
+    )
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     return (normals / np.where(length > 0, length, 1.0)).astype(np.float32)

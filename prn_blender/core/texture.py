@@ -1,0 +1,126 @@
+"""UV texture from the photo, its visibility, and the way back (numpy + OpenCV).
+
+Texture pixel (col j, row i) of a size-S texture has its centre at u = (j + 0.5) / S,
+v = 1 - (i + 0.5) / S (row 0 = the top, v = 1), i.e. at continuous texel coordinates
+x = (j + 0.5) R / S - 0.5, y = (i + 0.5) R / S - 0.5 of the R x R position map. That is
+exactly `cv2.resize`'s pixel-centre rule, so upsampling the position map with `cv2.resize`
+(bilinear) gives each texture pixel its photo position.
+
+Position maps are (R, R, 3) float32 in photo pixels (x right, y down, z towards the camera).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .geometry import mesh_uvs, position_map_to_vertices
+from .layout import UVLayout
+from .render import rasterize
+
+VISIBILITY_TOLERANCE = 0.02
+"""Depth slack of the visibility test, as a fraction of the face's width in photo pixels."""
+
+
+def fill_outside_mask(position_map: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Copy of `position_map` where every texel outside `mask` (or non-finite) takes the
+    value of its nearest valid texel (Euclidean): bilinear reads near the face border then
+    never mix in garbage or NaN. (R, R, C) in and out, float32."""
+    pm = np.asarray(position_map, dtype=np.float32)
+    valid = np.asarray(mask, dtype=bool) & np.isfinite(pm).all(axis=-1)
+    if not valid.any():
+        raise ValueError("the position map has no finite texel inside the mask")
+    if valid.all():
+        return pm.copy()
+    # Labels of the nearest zero pixel of `src` (= valid texels), one label per valid texel.
+    src = np.where(valid, 0, 255).astype(np.uint8)
+    _, labels = cv2.distanceTransformWithLabels(
+        src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    valid_flat = np.flatnonzero(valid.reshape(-1))
+    label_to_flat = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    label_to_flat[labels.reshape(-1)[valid_flat]] = valid_flat
+    flat = pm.reshape(-1, pm.shape[-1])
+    return flat[label_to_flat[labels.reshape(-1)]].reshape(pm.shape)
+
+
+def upsample_position_map(
+    position_map: np.ndarray, layout: UVLayout, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Position map resampled at the centres of a size x size texture (bilinear; see module
+    docstring). Returns ((S, S, 3) float32 photo px, (S, S) bool: inside the mesh region,
+    i.e. bilinear weight of `layout.mesh_mask` above one half)."""
+    filled = fill_outside_mask(position_map, layout.mesh_mask)
+    up = cv2.resize(filled, (size, size), interpolation=cv2.INTER_LINEAR)
+    inside = cv2.resize(
+        layout.mesh_mask.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR
+    )
+    return up, inside > 0.5
+
+
+def sample_texture(
+    photo: np.ndarray, position_map: np.ndarray, layout: UVLayout, size: int = 1024
+) -> np.ndarray:
+    """(S, S, C) uint8 UV texture: the photo read (bilinear, `cv2.remap`) at each texture
+    pixel's photo position. Outside the face the position map is extended from its nearest
+    face texel, so the texture there repeats the face's edge colour (no dark seams when
+    the texture is filtered or mip-mapped). photo: (H, W, C) uint8 RGB."""
+    up, _ = upsample_position_map(position_map, layout, size)
+    return cv2.remap(
+        np.asarray(photo), up[:, :, 0], up[:, :, 1], cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def visibility_mask(
+    position_map: np.ndarray, layout: UVLayout, photo_shape: tuple[int, ...], size: int = 1024,
+    tolerance: float = VISIBILITY_TOLERANCE,
+) -> np.ndarray:
+    """(S, S) uint8 texture mask, 255 where the camera sees that point of the face: inside
+    the mesh region, inside the photo, and not hidden by another part of the face: its depth
+    is within `tolerance` x face width of the z-buffer of the face mesh (the farthest of the
+    3 x 3 pixels around its photo position, which keeps grazing surfaces from aliasing).
+
+    photo_shape: (H, W[, C]) of the photo the position map is in."""
+    h, w = int(photo_shape[0]), int(photo_shape[1])
+    vertices = position_map_to_vertices(np.nan_to_num(position_map), layout)
+    raster = rasterize(vertices, layout.triangles, (h, w))
+    up, inside = upsample_position_map(position_map, layout, size)
+    col = np.round(up[:, :, 0]).astype(np.int64)
+    row = np.round(up[:, :, 1]).astype(np.int64)
+    in_photo = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    # The nearest-pixel z-buffer is aliased where the surface is seen at a grazing angle:
+    # compare with the farthest depth of the 3x3 neighbourhood instead.
+    depth = np.where(raster.mask, raster.depth, np.float32(-1e30)).astype(np.float32)
+    depth = cv2.erode(depth, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    zbuffer = depth[np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)]
+    face_width = float(np.ptp(vertices[:, 0]))
+    seen = up[:, :, 2] >= zbuffer - tolerance * face_width
+    visible = inside & in_photo & seen
+    return np.where(visible, 255, 0).astype(np.uint8)
+
+
+def reproject_texture(
+    texture: np.ndarray, position_map: np.ndarray, layout: UVLayout,
+    photo_shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a UV texture back into photo space through the face mesh of `position_map`
+    (z-buffered; the inverse of `sample_texture` on visible pixels).
+
+    Returns ((H, W, C) uint8 image, black where no face; (H, W) bool face coverage)."""
+    h, w = int(photo_shape[0]), int(photo_shape[1])
+    tex = np.asarray(texture)
+    size_y, size_x = tex.shape[:2]
+    vertices = position_map_to_vertices(np.nan_to_num(position_map), layout)
+    raster = rasterize(vertices, layout.triangles, (h, w))
+    mask = raster.mask
+    corners = np.asarray(layout.triangles, dtype=np.int64)[raster.triangle[mask]]
+    uv = (mesh_uvs(layout).astype(np.float64)[corners]
+          * raster.barycentric[mask][:, :, None]).sum(axis=1)
+    map_x = np.full((h, w), -1.0, dtype=np.float32)
+    map_y = np.full((h, w), -1.0, dtype=np.float32)
+    map_x[mask] = uv[:, 0] * size_x - 0.5
+    map_y[mask] = (1.0 - uv[:, 1]) * size_y - 0.5
+    image = cv2.remap(tex, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    image[~mask] = 0
+    return image, mask
