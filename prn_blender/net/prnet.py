@@ -5,10 +5,16 @@ An encoder-decoder that regresses the UV position map from a 256x256 RGB face cr
 convolution and 10 residual blocks down to 8x8x512, then 17 transposed convolutions back up to
 256x256x3, kernel size 4, BatchNorm + ReLU after every layer, a final sigmoid. The structure
 follows the official TensorFlow graph (`resfcn256` in YadiraF/PRNet, whose checkpoint index is
-in ../shared/data/prnet-official): residual blocks are bottlenecks with 1x1 convolutions (25 of
-the 53 kernels are 1x1, despite the paper's "kernel size of 4 for all"), no convolution has a
-bias, BatchNorm uses epsilon 1e-3, and "SAME" padding is TensorFlow's (asymmetric: 1 before,
-2 after for stride-1 4x4 kernels). 13,353,618 trainable values, like the official checkpoint.
+in ../shared/data/prnet-official; DESIGN.md section 6): residual blocks are bottlenecks with 1x1
+convolutions (25 of the 53 kernels are 1x1, despite the paper's "kernel size of 4 for all"), no
+convolution has a bias, BatchNorm has a scale and an offset and uses epsilon 1e-3, and "SAME"
+padding is TensorFlow's (asymmetric for stride-1 4x4 kernels: 1 before, 2 after). 13,353,618
+trainable values, like the official checkpoint. `net.tf_index.official_tf_to_torch_names` maps
+every official variable onto this module's state dict.
+
+Tensors are NCHW (channels_last memory format works too). Input: RGB in [0, 1]. Output: the
+position map in crop pixels, channels (x right, y down, z towards the camera) (DESIGN.md
+section 3).
 """
 
 from __future__ import annotations
@@ -18,26 +24,37 @@ import torch.nn.functional as F
 from torch import nn
 
 INPUT_SIZE = 256
-# Output scaling (DESIGN.md section 3): position = 256 * (1.6 * sigmoid - 0.3), i.e. crop pixels
-# in [-76.8, 332.8]. The paper's 256 * 1.1 * sigmoid would clip ~7 % of our layout's texels
-# (it reaches the top of the forehead and under the jaw) even on frontal faces.
-POSITION_SCALE_PX = 256.0 * 1.6
-POSITION_OFFSET_PX = -256.0 * 0.3
-POSITION_MIN_PX = POSITION_OFFSET_PX
-POSITION_MAX_PX = POSITION_SCALE_PX + POSITION_OFFSET_PX
-BN_EPS = 1e-3  # tf.contrib.layers.batch_norm's default
-BN_MOMENTUM = 0.003  # tf decay 0.999 (PyTorch momentum = 1 - decay); see `set_bn_momentum`
+"""Side of the input crop and of the output position map, pixels / texels."""
+
+# Output scaling (DESIGN.md section 3): position = 256 * (1.6 * sigmoid - 0.3), crop pixels in
+# [-76.8, 332.8]. The paper's (and official code's) 256 * 1.1 * sigmoid would clip about 7 % of
+# our layout's texels even on frontal faces: ICT's face island reaches the top of the forehead
+# and under the jaw, outside the crop.
+POSITION_SCALE_PX = INPUT_SIZE * 1.6
+POSITION_OFFSET_PX = -INPUT_SIZE * 0.3
+POSITION_MIN_PX = POSITION_OFFSET_PX  # -76.8
+POSITION_MAX_PX = POSITION_SCALE_PX + POSITION_OFFSET_PX  # 332.8
+
+BN_EPS = 1e-3
+"""tf.contrib.layers.batch_norm's default epsilon (PyTorch's is 1e-5); DESIGN.md section 6."""
+TF_BN_MOMENTUM = 1.0 - 0.999
+"""PyTorch momentum equivalent to tf.contrib batch_norm's default decay 0.999 (not applied by
+default: the module keeps PyTorch's 0.1, which tracks statistics faster in short trainings)."""
 
 
 def _same_pad(kernel: int, stride: int, size: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) for one spatial axis."""
+    """TensorFlow 'SAME' padding (before, after) in pixels for one spatial axis of a conv:
+    output = ceil(size / stride), the extra pixel (odd total) goes after."""
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d without bias, padded like TensorFlow's 'SAME'."""
+    """Conv2d without bias, padded like TensorFlow's 'SAME' (`tf.nn.conv2d(padding='SAME')`).
+
+    Stride-1 4x4: pad 1 before, 2 after (output = input). Stride-2 4x4 on an even size: 1 and 1
+    (output = input / 2). 1x1 kernels need no padding."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
         super().__init__(c_in, c_out, kernel, stride, padding=0, bias=False)
@@ -52,20 +69,26 @@ class SameConv2d(nn.Conv2d):
 
 
 class SameConvTranspose2d(nn.ConvTranspose2d):
-    """Transposed conv without bias, cropped like TensorFlow's conv2d_transpose 'SAME'
-    (output = input x stride): the adjoint of `SameConv2d`, so the full output is cropped by
-    the forward padding's 'before' amount."""
+    """Transposed conv without bias, like TensorFlow's conv2d_transpose with 'SAME'
+    (output = input x stride).
+
+    TF defines conv2d_transpose as the gradient (adjoint) of conv2d with 'SAME' padding on the
+    output size, which is what PyTorch's ConvTranspose2d computes too (no spatial kernel flip):
+    the full transposed output, (in - 1) * s + k, cropped by the forward padding, (k - s) // 2
+    before and the rest after. Stride 2, k 4: 1 and 1 (PyTorch's own `padding=1`). Stride 1,
+    k 4: 1 before, 2 after, so `padding=1` plus dropping the last row and column."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
-        super().__init__(c_in, c_out, kernel, stride, padding=0, bias=False)
+        total = max(kernel - stride, 0)
+        before = total // 2
+        super().__init__(c_in, c_out, kernel, stride, padding=before, bias=False)
+        self._extra_after = total - 2 * before  # 1 for stride-1 4x4, else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        k, s = self.kernel_size[0], self.stride[0]
-        h, w = x.shape[-2] * s, x.shape[-1] * s
-        top, _ = _same_pad(k, s, h)
-        left, _ = _same_pad(k, s, w)
         y = super().forward(x)
-        return y[..., top : top + h, left : left + w]
+        if self._extra_after:
+            y = y[..., : y.shape[-2] - self._extra_after, : y.shape[-1] - self._extra_after]
+        return y
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -73,7 +96,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class ConvBNReLU(nn.Sequential):
-    """conv (no bias) -> BatchNorm -> ReLU, as tcl.conv2d with normalizer_fn=batch_norm."""
+    """conv (no bias) -> BatchNorm -> ReLU, as `tcl.conv2d` with `normalizer_fn=batch_norm`."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
         super().__init__(SameConv2d(c_in, c_out, kernel, stride), _bn(c_out), nn.ReLU(inplace=True))
@@ -82,12 +105,14 @@ class ConvBNReLU(nn.Sequential):
 class ResBlock(nn.Module):
     """The official bottleneck residual block (`resBlock` in YadiraF/PRNet predictor.py).
 
-    1x1 conv to C/2 (BN, ReLU) -> kxk conv C/2 with the stride (BN, ReLU) -> 1x1 conv to C
-    (no norm, no activation); plus the shortcut (a strided 1x1 conv when the shape changes);
-    then BN and ReLU after the sum."""
+    1x1 conv to C/2 (BN, ReLU) -> k x k conv C/2 with the stride (BN, ReLU) -> 1x1 conv to C (no
+    norm, no activation); plus the shortcut, a strided 1x1 conv (no norm, no activation) when the
+    stride or the channel count changes, else the identity; then BN and ReLU after the sum."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, kernel: int = 4) -> None:
         super().__init__()
+        if c_out % 2:
+            raise ValueError(f"ResBlock needs an even channel count, got {c_out}")
         self.shortcut = (
             SameConv2d(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
         )
@@ -103,7 +128,8 @@ class ResBlock(nn.Module):
 
 
 class DeconvBN(nn.Sequential):
-    """transposed conv (no bias) -> BatchNorm -> activation."""
+    """4x4 transposed conv (no bias) -> BatchNorm -> ReLU, or sigmoid for the last layer
+    (`tcl.conv2d_transpose` with `normalizer_fn=batch_norm`)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, final: bool = False) -> None:
         act: nn.Module = nn.Sigmoid() if final else nn.ReLU(inplace=True)
@@ -114,7 +140,9 @@ class PRNet(nn.Module):
     """Position map regression network (Feng et al., ECCV 2018, section 3.2, figure 3).
 
     `forward`: (N, 3, 256, 256) RGB in [0, 1] -> (N, 3, 256, 256) position map in crop pixels,
-    channels (x right, y down, z towards the camera), range [-76.8, 332.8] px."""
+    channels (x right, y down, z towards the camera), range [-76.8, 332.8] px.
+    `width` = channels of the first layer (16 in the paper); other widths are for experiments.
+    """
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
@@ -151,33 +179,67 @@ class PRNet(nn.Module):
             DeconvBN(3, 3),  # 256 x 256 x 3
             DeconvBN(3, 3, final=True),  # 256 x 256 x 3, sigmoid
         )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: tf.contrib.layers' default `xavier_initializer()`
+        (Glorot uniform) for every kernel, BatchNorm scale 1 and offset 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.xavier_uniform_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
 
     def forward_normalized(self, image: torch.Tensor) -> torch.Tensor:
-        """The sigmoid output in (0, 1), before scaling to pixels."""
+        """(N, 3, 256, 256) RGB in [0, 1] -> the sigmoid output in (0, 1), before scaling to
+        pixels (`normalized_to_pixels`). Train on this with `pixels_to_normalized` targets."""
         return self.decoder(self.encoder(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.forward_normalized(image) * POSITION_SCALE_PX + POSITION_OFFSET_PX
+        """(N, 3, 256, 256) RGB in [0, 1] -> (N, 3, 256, 256) position map, crop pixels."""
+        return normalized_to_pixels(self.forward_normalized(image))
 
 
 def normalized_to_pixels(normalized: torch.Tensor) -> torch.Tensor:
+    """Sigmoid output in (0, 1) -> crop pixels in (-76.8, 332.8) (DESIGN.md section 3)."""
     return normalized * POSITION_SCALE_PX + POSITION_OFFSET_PX
 
 
 def pixels_to_normalized(position_px: torch.Tensor) -> torch.Tensor:
+    """Crop pixels -> the sigmoid's (0, 1) scale; inverse of `normalized_to_pixels`."""
     return (position_px - POSITION_OFFSET_PX) / POSITION_SCALE_PX
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
+    """Number of trainable values (13,353,618 for the paper's PRNet)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_prnet(weights: str | None = None, width: int = 16) -> PRNet:
-    """PRNet of Feng et al., ECCV 2018; `weights` = a safetensors file (net.weights)."""
+def build_prnet(
+    weights: str | None = None, width: int = 16, expected_layout_id: str | None = None
+) -> PRNet:
+    """PRN of Feng et al., "Joint 3D Face Reconstruction and Dense Alignment with Position Map
+    Regression Network", ECCV 2018 (section 3.2; official structure, DESIGN.md section 6).
+
+    weights: a safetensors file written by `net.weights.save_weights`; None = the official
+    Xavier initialisation. `expected_layout_id`, when given, refuses weights of another layout.
+    The model is returned in training mode; `net.weights.load_prnet` gives an eval model."""
     model = PRNet(width=width)
     if weights is not None:
         from .weights import load_weights
 
-        state, _ = load_weights(weights)
+        state, _ = load_weights(weights, expected_layout_id=expected_layout_id)
         model.load_state_dict(state)
     return model
+
+
+__all__ = [
+    "POSITION_MAX_PX",
+    "POSITION_MIN_PX",
+    "PRNet",
+    "ResBlock",
+    "build_prnet",
+    "normalized_to_pixels",
+    "pixels_to_normalized",
+    "trainable_parameter_count",
+]

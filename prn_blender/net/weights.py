@@ -1,13 +1,16 @@
-"""Weights I/O: safetensors only (never pickle), fp16 on disk, fp32 in memory.
+"""Weights I/O: safetensors only (never pickle), fp16 on disk, fp32 in memory; BatchNorm folding.
 
-A weights file records, in its safetensors metadata, the UV layout it was trained for
-(`layout_id`); loading refuses a mismatch (DESIGN.md section 3). Lookup order of the default
-file: an explicit path, $PRN_BLENDER_WEIGHTS, the copy build_addon.py places inside the
-package, the repository's model_weights/.
+A weights file records, in its safetensors metadata (a string dict), a `WeightsInfo`: the UV
+layout it was trained for (`layout_id`), parameter count, training summary, dev NME, licence and
+format version; loading refuses a mismatch (DESIGN.md section 3). Lookup order of the default
+file (DESIGN.md section 4): an explicit path, $PRN_BLENDER_WEIGHTS (a file, or a folder holding
+`prnet_ict256.safetensors`), the copy build_addon.py places inside the package, the
+repository's model_weights/.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,6 +30,7 @@ WEIGHTS_FILENAME = "prnet_ict256.safetensors"
 WEIGHTS_ENV = "PRN_BLENDER_WEIGHTS"
 FORMAT_VERSION = "1"
 TRAIN_COMMAND = "python -m prn_blender.training train"
+EXPORT_COMMAND = "python -m prn_blender.training export"
 RESEARCH_ONLY = (
     "Research use only: trained on research-only photo sets (300W, AFLW, UTKFace) with targets "
     "from research-only teachers (3DDFA-V2/BFM, MediaPipe); see model_weights/MODEL_CARD.md."
@@ -35,48 +39,67 @@ RESEARCH_ONLY = (
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """What a weights file says about itself (stored as safetensors metadata strings)."""
+    """What a weights file says about itself (stored as JSON strings in safetensors metadata)."""
 
     layout_id: str
+    """The UV layout the network was trained for (`UVLayout.layout_id`)."""
     parameter_count: int
+    """Trainable values of the network (13,353,618 for the paper's PRNet)."""
     trained: bool
+    """False for an initialised-only network (tests, smoke runs): not for artists."""
     training: str = ""
-    """Summary: data, epochs, hours, hardware."""
+    """Summary: data, images seen, hours, hardware."""
     dev_nme: str = ""
-    """Dev-split NME figures, as text."""
+    """Dev-split NME figures, as text (DESIGN.md section 5)."""
     licence: str = RESEARCH_ONLY
     format_version: str = FORMAT_VERSION
+    sha256: str = ""
+    """SHA-256 of the file it was read from (filled by `read_info`; not stored in the file)."""
 
     def to_metadata(self) -> dict[str, str]:
-        return {k: json.dumps(v) for k, v in dataclasses.asdict(self).items()}
+        """The safetensors metadata: every field but `sha256`, JSON-encoded."""
+        values = dataclasses.asdict(self)
+        values.pop("sha256")
+        return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> WeightsInfo:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: json.loads(v) for k, v in meta.items() if k in names}
+        """Parse `to_metadata` output; unknown keys are ignored (newer writers)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"sha256"}
+        values = {key: json.loads(value) for key, value in meta.items() if key in names}
         return cls(**values)
 
 
 def default_weights_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Resolve the weights file, or raise WeightsError saying how to get one."""
-    explicit = explicit or os.environ.get(WEIGHTS_ENV) or None
-    if explicit is not None and not Path(explicit).expanduser().is_file():
-        raise WeightsError(
-            f"Weights file '{explicit}' does not exist. Point the preferences, --weights or "
-            f"${WEIGHTS_ENV} at a .safetensors file made by `{TRAIN_COMMAND}` / `export`."
-        )
+    """Resolve the weights file: `explicit` > $PRN_BLENDER_WEIGHTS > package copy > repository
+    model_weights/. An explicit or environment path may be the file or its folder. Raises
+    WeightsError saying how to get weights."""
+    source = "The weights path"
+    if not explicit and os.environ.get(WEIGHTS_ENV):
+        explicit, source = os.environ[WEIGHTS_ENV], f"${WEIGHTS_ENV}"
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_dir():
+            path = path / WEIGHTS_FILENAME
+        if not path.is_file():
+            raise WeightsError(
+                f"{source} points at '{path}', which does not exist. Point the add-on "
+                f"preferences, --weights or ${WEIGHTS_ENV} at a .safetensors file made by "
+                f"`{EXPORT_COMMAND}`, or unset it to use the installed weights."
+            )
+        return path
     try:
-        return find_data_file(WEIGHTS_FILENAME, explicit)
+        return find_data_file(WEIGHTS_FILENAME)
     except LayoutError:
         raise WeightsError(
-            "No trained PRN weights are installed yet "
-            f"({WEIGHTS_FILENAME} is not in model_weights/). Train them with "
-            f"`{TRAIN_COMMAND}` (see README, Training) and export them, or point "
-            f"${WEIGHTS_ENV} at a weights file."
+            f"No trained PRN weights are installed yet ({WEIGHTS_FILENAME} is not in "
+            f"model_weights/). Train them with `{TRAIN_COMMAND}` (see README, Training), export "
+            f"them with `{EXPORT_COMMAND}`, or point ${WEIGHTS_ENV} at a weights file."
         ) from None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -85,41 +108,66 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def save_weights(
-    model: nn.Module, path: str | os.PathLike[str], info: WeightsInfo,
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    info: WeightsInfo,
     dtype: torch.dtype = torch.float16,
 ) -> None:
-    """Write the state dict (parameters and BatchNorm statistics) as safetensors, atomically."""
+    """Write the state dict (parameters and BatchNorm running statistics; floats as `dtype`,
+    fp16 by default) as safetensors with `info` as metadata. Written to a temporary file and
+    renamed, so a crash never leaves a half-written weights file."""
     state = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
-        state[key] = value.to(dtype) if value.is_floating_point() else value
+        state[key] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
     os.replace(tmp, path)
 
 
-def read_info(path: str | os.PathLike[str]) -> WeightsInfo:
-    from safetensors import safe_open
+def _unreadable(path: Path, error: Exception) -> WeightsError:
+    return WeightsError(
+        f"'{path}' is not a readable safetensors weights file ({error}); it may be truncated or "
+        f"another format. Re-copy it, re-export it with `{EXPORT_COMMAND}`, or delete it."
+    )
 
+
+def read_info(path: str | os.PathLike[str]) -> WeightsInfo:
+    """The `WeightsInfo` of a weights file (with its sha256), without loading the tensors."""
+    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(
-            f"'{path}' is not a readable safetensors weights file ({error}). Re-export or "
-            "re-download the weights."
-        ) from error
+        raise _unreadable(path, error) from error
     if "layout_id" not in meta:
-        raise WeightsError(f"'{path}' has no prn-blender metadata; it is not our weights file.")
-    return WeightsInfo.from_metadata(meta)
+        raise WeightsError(
+            f"'{path}' is a safetensors file without prn-blender metadata (no layout_id): it is "
+            f"not a prn-blender weights file. Use one made by `{EXPORT_COMMAND}`."
+        )
+    try:
+        info = WeightsInfo.from_metadata(meta)
+    except (ValueError, TypeError) as error:
+        raise WeightsError(
+            f"The metadata of '{path}' is damaged ({error}); re-export the weights."
+        ) from error
+    if info.format_version != FORMAT_VERSION:
+        raise WeightsError(
+            f"'{path}' uses weights format {info.format_version}, this version of prn-blender "
+            f"reads format {FORMAT_VERSION}. Update prn-blender or re-export the weights."
+        )
+    return dataclasses.replace(info, sha256=file_sha256(path))
 
 
 def load_weights(
     path: str | os.PathLike[str] | None = None, expected_layout_id: str | None = None
 ) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
-    """(float32 state dict, info). Refuses a missing, corrupt or other-layout file."""
+    """(float32 state dict, info) of a weights file (default: `default_weights_path()`).
+
+    Raises WeightsError for a missing, corrupt, truncated or non-safetensors file, and for a
+    file made for another UV layout than `expected_layout_id` (None = no check)."""
     resolved = default_weights_path(path)
     info = read_info(resolved)
     if expected_layout_id is not None and info.layout_id != expected_layout_id:
@@ -130,6 +178,129 @@ def load_weights(
     try:
         state = load_file(str(resolved))
     except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"Weights file '{resolved}' is damaged ({error}).") from error
+        raise _unreadable(resolved, error) from error
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state, info
+
+
+# ---------------------------------------------------------------------------- BatchNorm folding
+
+
+class _ChannelScale(nn.Module):
+    """Multiplies each channel by a constant: a folded BatchNorm's scale on an identity
+    shortcut."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = x * scale + shift (per channel)."""
+    assert bn.running_var is not None and bn.running_mean is not None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _fold_into(
+    conv: nn.Conv2d | nn.ConvTranspose2d, scale: torch.Tensor, shift: torch.Tensor | None
+) -> None:
+    """Scale `conv`'s output channels by `scale` and add `shift` as its bias, in place."""
+    if isinstance(conv, nn.ConvTranspose2d):
+        conv.weight.mul_(scale.reshape(1, -1, 1, 1))  # (in, out, kh, kw)
+    else:
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))  # (out, in, kh, kw)
+    if shift is not None:
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        conv.bias = nn.Parameter(bias.clone())
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-only copy of a PRNet with every BatchNorm folded into the preceding convolution
+    or transposed convolution (as a per-channel weight scale plus a bias); the input is not
+    modified. Same outputs as `model.eval()` up to float rounding (about 1e-4 px), faster on CPU
+    (DESIGN.md section 8). The residual blocks' BatchNorm after the sum is folded into both
+    branches (`conv3` and the shortcut)."""
+    from .prnet import ResBlock  # late import: prnet's builder imports this module
+
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in fused.modules():
+            if isinstance(module, ResBlock):
+                if not isinstance(module.bn, nn.BatchNorm2d):
+                    continue
+                scale, shift = _bn_scale_shift(module.bn)
+                _fold_into(module.conv3, scale, shift)
+                if isinstance(module.shortcut, nn.Conv2d):
+                    _fold_into(module.shortcut, scale, None)
+                else:
+                    module.shortcut = _ChannelScale(scale)
+                module.bn = nn.Identity()
+            elif isinstance(module, nn.Sequential):
+                children = list(module.children())
+                for index in range(len(children) - 1):
+                    conv, bn = children[index], children[index + 1]
+                    if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) and isinstance(
+                        bn, nn.BatchNorm2d
+                    ):
+                        scale, shift = _bn_scale_shift(bn)
+                        _fold_into(conv, scale, shift)
+                        module[index + 1] = nn.Identity()
+    for parameter in fused.parameters():
+        parameter.requires_grad_(False)
+    return fused
+
+
+def load_prnet(
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+    expected_layout_id: str | None = None,
+    fuse_bn: bool = True,
+    allow_untrained: bool = False,
+) -> tuple[nn.Module, WeightsInfo]:
+    """The network ready for inference, and what its weights file says about itself.
+
+    weights: a file, a folder holding it, or None (the default lookup, `default_weights_path`).
+    device: "auto" / "cpu" / "cuda" / "mps" or a torch.device (`device.select_device`).
+    expected_layout_id: the UV layout in use; None = the installed layout's id. fuse_bn: fold
+    BatchNorm into the convolutions (faster, same output). Refuses untrained weights unless
+    `allow_untrained`. The model is in eval mode, channels_last on CPU; call it under
+    `torch.inference_mode()` with (N, 3, 256, 256) RGB in [0, 1]: out come crop pixels."""
+    from .device import prepare_for_inference, select_device
+    from .prnet import PRNet, trainable_parameter_count
+
+    if expected_layout_id is None:
+        from ..core.layout import load_layout
+
+        expected_layout_id = load_layout().layout_id
+    state, info = load_weights(weights, expected_layout_id=expected_layout_id)
+    if not info.trained and not allow_untrained:
+        raise WeightsError(
+            "The installed weights file holds an untrained network (a test or smoke-run "
+            f"export). Train real weights with `{TRAIN_COMMAND}` and export them."
+        )
+    model = PRNet()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(
+            "The weights file does not fit this version's network (missing, extra or "
+            f"differently shaped tensors: {str(error)[:200]}). Use weights exported for it."
+        ) from error
+    if info.parameter_count != trainable_parameter_count(model):
+        raise WeightsError(
+            f"The weights file says {info.parameter_count:,} parameters, the network has "
+            f"{trainable_parameter_count(model):,}. Re-export the weights."
+        )
+    model.eval()
+    inference_model: nn.Module = fuse_batchnorm(model) if fuse_bn else model
+    target = device if isinstance(device, torch.device) else select_device(device)
+    return prepare_for_inference(inference_model, target), info

@@ -1,0 +1,105 @@
+"""Batch-1 PRNet forward on CPU: median time of each inference variant and its error in pixels.
+
+    .venv/bin/python benchmarks/bench_forward.py [--threads 2] [--runs 20] [--warmup 5]
+
+Variants: plain fp32 (no_grad), inference_mode, channels_last, BatchNorm folded + channels_last,
+bf16 autocast + channels_last. Max |difference| is in crop pixels against plain fp32, on a
+network with non-trivial BatchNorm statistics (random weights: the accuracy of bf16 on trained
+weights must be checked again with them). Timings on a shared machine are noisy (±30 %).
+Without native bf16 (AVX-512 BF16 / AMX) the bf16 variant is emulated, takes seconds, and is
+timed over 3 runs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+
+import torch
+
+from prn_blender.net.prnet import PRNet
+from prn_blender.net.weights import fuse_batchnorm
+
+
+def _model_with_statistics(seed: int = 0) -> PRNet:
+    """A PRNet whose BatchNorm layers carry statistics from a few training-mode batches."""
+    torch.manual_seed(seed)
+    model = PRNet().train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(2, 3, 256, 256))
+    return model.eval()
+
+
+def _time(fn: Callable[[], torch.Tensor], warmup: int, runs: int) -> tuple[float, torch.Tensor]:
+    out = fn()
+    for _ in range(warmup - 1):
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = _model_with_statistics()
+    image = torch.rand(1, 3, 256, 256)
+    image_cl = image.contiguous(memory_format=torch.channels_last)
+    model_cl = _model_with_statistics().to(memory_format=torch.channels_last)
+    fused_cl = fuse_batchnorm(model).to(memory_format=torch.channels_last)
+
+    def run(
+        net: torch.nn.Module, x: torch.Tensor, ctx: Callable[[], AbstractContextManager[object]]
+    ) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            with ctx():
+                return net(x).float()
+
+        return call
+
+    def inference() -> AbstractContextManager[object]:
+        return torch.inference_mode()
+
+    def bf16() -> AbstractContextManager[object]:
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
+
+    native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16_name = "bf16 autocast + channels_last" + ("" if native_bf16 else " (emulated, 3 runs)")
+    variants: list[tuple[str, Callable[[], torch.Tensor]]] = [
+        ("plain fp32 (no_grad)", run(model, image, torch.no_grad)),
+        ("inference_mode", run(model, image, inference)),
+        ("channels_last", run(model_cl, image_cl, inference)),
+        ("BN folded + channels_last", run(fused_cl, image_cl, inference)),
+        (bf16_name, run(model_cl, image_cl, bf16)),
+    ]
+    reference: torch.Tensor | None = None
+    print(f"PRNet batch-1 forward, CPU, {args.threads} threads, median of {args.runs} "
+          f"after {args.warmup} warm-up runs (torch {torch.__version__})")
+    print(f"{'variant':46s} {'median ms':>10s} {'max |diff| px':>14s}")
+    for name, fn in variants:
+        # Without native bf16 (AVX-512 BF16 / AMX) oneDNN emulates it: seconds per forward.
+        slow = name == bf16_name and not native_bf16
+        median_ms, out = _time(fn, 1 if slow else args.warmup, 3 if slow else args.runs)
+        if reference is None:
+            reference = out
+        diff = (out - reference).abs().max().item()
+        print(f"{name:46s} {median_ms:10.1f} {diff:14.4f}")
+
+
+if __name__ == "__main__":
+    main()
