@@ -40,6 +40,10 @@ class DependencyError(PrnError):
     """A required package (torch, OpenCV) is not installed in this interpreter."""
 
 
+class DeviceUnavailableError(DependencyError):
+    """An explicitly requested device (CUDA, MPS) is not usable with this torch build/machine."""
+
+
 _ALL = {
     cls.__name__: cls
     for cls in (
@@ -51,6 +55,7 @@ _ALL = {
         WorkerError,
         CancelledError,
         DependencyError,
+        DeviceUnavailableError,
     )
 }
 

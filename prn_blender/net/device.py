@@ -6,14 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import DependencyError
+from ..errors import DeviceUnavailableError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 """Accepted `select_device` preferences."""
 
 
-class DeviceUnavailableError(DependencyError):
-    """An explicitly requested device (CUDA, MPS) is not usable with this torch build/machine."""
 
 
 def _cuda_available() -> bool:

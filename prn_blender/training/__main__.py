@@ -1,8 +1,14 @@
-"""`python -m prn_blender.training COMMAND`: the headless training entry point.
+"""`python -m prn_blender.training COMMAND [options]`: the headless training entry point.
 
-Commands: layout (regenerate the UV layout), teacher (3DDFA-V2 on every face), mediapipe (the
-dense teacher, in its own venv), targets (fit + rasterise -> shards), train, eval, export.
-Each command is one function below; `--help` on each lists its options.
+Every subcommand is one `@command` function plus an options function; `--help` on each lists
+its options. Add one by writing both below (nothing else to register):
+
+    def _mycmd_args(parser): parser.add_argument(...)
+
+    @command("mycmd", "one line of help", _mycmd_args)
+    def _mycmd(args) -> int: ...; return 0
+
+`train` runs unchanged under torchrun (docs/TRAINING.md).
 """
 
 from __future__ import annotations
@@ -13,14 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                          Callable[[argparse.Namespace], int]]] = {}
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, AddArgs, Run]] = {}
+"""name -> (help line, add_arguments, run); filled by `@command`."""
 
 
-def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None]):
-    def register(run: Callable[[argparse.Namespace], int]):
+def command(name: str, help_text: str, add_args: AddArgs) -> Callable[[Run], Run]:
+    """Register a subcommand: `run(args) -> exit code`, `add_args(parser)` its options."""
+
+    def register(run: Run) -> Run:
+        if name in COMMANDS:
+            raise ValueError(f"subcommand '{name}' registered twice")
         COMMANDS[name] = (help_text, add_args, run)
         return run
+
     return register
 
 
@@ -30,7 +44,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-@command("train", "train PRNet on target shards (resumable; torchrun-ready)", _train_args)
+@command("train", "train PRNet on target shards (resumable; runs under torchrun)", _train_args)
 def _train(args: argparse.Namespace) -> int:
     from .train import config_from_args, train
 
@@ -62,27 +76,15 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "prnet" / "last.pt")
     parser.add_argument("--out", type=Path,
                         default=REPO / "model_weights" / "prnet_ict256.safetensors")
-    parser.add_argument("--summary", default="")
-    parser.add_argument("--dev-nme", default="")
+    parser.add_argument("--summary", default="", help="training summary stored in the file")
+    parser.add_argument("--dev-nme", default="", help="dev NME figures stored in the file")
 
 
-@command("export", "export a checkpoint to the shipped safetensors format", _export_args)
+@command("export", "export a trainer checkpoint to the shipped safetensors format", _export_args)
 def _export(args: argparse.Namespace) -> int:
-    import torch
+    from .train import export_checkpoint
 
-    from ..core.layout import load_layout
-    from ..net.prnet import PRNet, trainable_parameter_count
-    from ..net.weights import WeightsInfo, save_weights
-
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    model = PRNet()
-    model.load_state_dict(state["model"])
-    info = WeightsInfo(layout_id=load_layout().layout_id,
-                       parameter_count=trainable_parameter_count(model), trained=True,
-                       training=args.summary or f"step {state['step']}, epoch {state['epoch']}",
-                       dev_nme=args.dev_nme)
-    save_weights(model, args.out, info)
-    print(f"wrote {args.out}")
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme)}")
     return 0
 
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _run) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text))
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
     return COMMANDS[args.command][2](args)
 

@@ -45,50 +45,74 @@ def uv_to_texel(uv: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
 
 
 def rasterise_triangles(
-    corners_xy: np.ndarray, resolution: int = RESOLUTION
+    corners_xy: np.ndarray, resolution: int = RESOLUTION, chunk: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Texel-centre rasterisation of (F, 3, 2) texel-space triangles.
+    """Texel-centre rasterisation of (F, 3, 2) triangles in continuous texel coordinates
+    (x = col, y = row; texel centres at integers).
 
-    Returns (triangle (R, R) int64, -1 where uncovered; barycentric (R, R, 3)). A texel on a
-    shared edge goes to the lowest-numbered triangle. Loops over triangles (a one-off build
-    step), vectorised over each triangle's bounding box."""
-    tri_id = np.full((resolution, resolution), -1, dtype=np.int64)
-    bary = np.zeros((resolution, resolution, 3), dtype=np.float64)
-    lo = np.clip(np.floor(corners_xy.min(axis=1)).astype(int), 0, resolution - 1)
-    hi = np.clip(np.ceil(corners_xy.max(axis=1)).astype(int), 0, resolution - 1)
-    for f, (a, b, c) in enumerate(corners_xy):
-        xs, ys = np.meshgrid(np.arange(lo[f, 0], hi[f, 0] + 1), np.arange(lo[f, 1], hi[f, 1] + 1))
-        px, py = xs.ravel(), ys.ravel()
+    Returns (triangle (R, R) int64, -1 where no triangle covers the texel centre; barycentric
+    (R, R, 3) float64, 0 there). A centre on a shared edge (tolerance 1e-9) goes to the
+    lowest-numbered triangle. Vectorised: each chunk of triangles tests every texel centre of
+    its largest bounding box at once."""
+    corners_xy = np.asarray(corners_xy, dtype=np.float64)
+    lo = np.clip(np.floor(corners_xy.min(axis=1)).astype(np.int64), 0, resolution - 1)
+    hi = np.clip(np.ceil(corners_xy.max(axis=1)).astype(np.int64), 0, resolution - 1)
+    texel_parts, tri_parts, bary_parts = [], [], []
+    for first in range(0, len(corners_xy), chunk):
+        sl = slice(first, first + chunk)
+        a, b, c = corners_xy[sl, 0], corners_xy[sl, 1], corners_xy[sl, 2]
+        lo_c, size = lo[sl], hi[sl] - lo[sl] + 1  # (n, 2) bounding boxes, (x, y)
+        dy, dx = np.mgrid[0 : size[:, 1].max(), 0 : size[:, 0].max()]
+        dx, dy = dx.ravel()[None, :], dy.ravel()[None, :]
+        px, py = lo_c[:, :1] + dx, lo_c[:, 1:] + dy  # (n, window) candidate texel centres
         v0, v1 = b - a, c - a
-        den = v0[0] * v1[1] - v1[0] * v0[1]
-        if abs(den) < 1e-15:
-            continue
-        l1 = ((px - a[0]) * v1[1] - v1[0] * (py - a[1])) / den
-        l2 = (v0[0] * (py - a[1]) - (px - a[0]) * v0[1]) / den
+        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+        ok = np.abs(den) >= 1e-15
+        den = np.where(ok, den, 1.0)[:, None]
+        ax, ay = a[:, :1], a[:, 1:]
+        l1 = ((px - ax) * v1[:, 1:] - v1[:, :1] * (py - ay)) / den
+        l2 = (v0[:, :1] * (py - ay) - (px - ax) * v0[:, 1:]) / den
         l0 = 1.0 - l1 - l2
-        inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
-        inside &= tri_id[py, px] < 0
-        tri_id[py[inside], px[inside]] = f
-        bary[py[inside], px[inside]] = np.stack([l0, l1, l2], axis=1)[inside]
-    return tri_id, bary
+        inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9) & ok[:, None]
+        inside &= (dx < size[:, :1]) & (dy < size[:, 1:])
+        tri_index, cand = np.nonzero(inside)
+        texel_parts.append(py[tri_index, cand] * resolution + px[tri_index, cand])
+        tri_parts.append(tri_index + first)
+        bary_parts.append(np.stack([l0, l1, l2], axis=-1)[tri_index, cand])
+    texel, tri, bary_hits = (np.concatenate(x) for x in (texel_parts, tri_parts, bary_parts))
+    order = np.lexsort((tri, texel))  # by texel, then lowest triangle first
+    texel, first_hit = np.unique(texel[order], return_index=True)
+    tri_id = np.full(resolution * resolution, -1, dtype=np.int64)
+    bary = np.zeros((resolution * resolution, 3), dtype=np.float64)
+    tri_id[texel] = tri[order][first_hit]
+    bary[texel] = bary_hits[order][first_hit]
+    return tri_id.reshape(resolution, resolution), bary.reshape(resolution, resolution, 3)
 
 
 def closest_points_on_triangles(
-    points: np.ndarray, tri_xyz: np.ndarray
+    points: np.ndarray, tri_xyz: np.ndarray, allowed: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each point, the closest point on a set of triangles (F, 3, 3).
+    """For each point (P, 3), the closest point on the triangles (F, 3, 3), any units.
 
-    Returns (triangle index (P,), barycentric (P, 3), closest point (P, 3)). Exact: the
-    plane projection where it falls inside the triangle, else the closest point of the three
-    edges. Vectorised over triangles, looped over the (few) points."""
-    a, b, c = tri_xyz[:, 0], tri_xyz[:, 1], tri_xyz[:, 2]
-    normal = np.cross(b - a, c - a)
-    area2 = (normal**2).sum(1)
-    area2 = np.where(area2 < 1e-30, 1e-30, area2)
+    `allowed` (P, F) bool restricts each point to some triangles. Returns (triangle index
+    (P,), barycentric (P, 3), closest point (P, 3)). Exact: the plane projection where it
+    falls inside the triangle, else the closest point of the three edges. Triangles whose
+    bounding sphere is farther than the nearest allowed vertex cannot win and are skipped;
+    looped over the (few) points, vectorised over triangles."""
+    tri_xyz = np.asarray(tri_xyz, dtype=np.float64)
+    centre = tri_xyz.mean(axis=1)
+    radius = np.linalg.norm(tri_xyz - centre[:, None], axis=2).max(axis=1)
     out_tri = np.empty(len(points), dtype=np.int64)
     out_bary = np.empty((len(points), 3))
     out_pt = np.empty((len(points), 3))
-    for i, p in enumerate(points):
+    for i, p in enumerate(np.asarray(points, dtype=np.float64)):
+        ok = np.ones(len(tri_xyz), dtype=bool) if allowed is None else allowed[i]
+        corner_dist = np.linalg.norm(tri_xyz - p, axis=2).min(axis=1)
+        upper = corner_dist[ok].min()  # a vertex is a surface point: the answer is no farther
+        cand = np.flatnonzero(ok & (np.linalg.norm(centre - p, axis=1) - radius <= upper))
+        a, b, c = tri_xyz[cand, 0], tri_xyz[cand, 1], tri_xyz[cand, 2]
+        normal = np.cross(b - a, c - a)
+        area2 = np.maximum((normal**2).sum(1), 1e-30)
         # Barycentrics of the plane projection.
         u = (np.cross(c - b, p - b) * normal).sum(1) / area2
         v = (np.cross(a - c, p - c) * normal).sum(1) / area2
@@ -110,7 +134,7 @@ def closest_points_on_triangles(
             best_q = np.where(better[:, None], qe, best_q)
             best_b = np.where(better[:, None], be, best_b)
         k = int(np.argmin(best_d))
-        out_tri[i], out_bary[i], out_pt[i] = k, best_b[k], best_q[k]
+        out_tri[i], out_bary[i], out_pt[i] = cand[k], best_b[k], best_q[k]
     return out_tri, out_bary, out_pt
 
 

@@ -1,22 +1,40 @@
 """Training shards: (storage JPEG, target position map, landmark box) per face.
 
-One shard = two files written atomically (the .npz last, so its presence means complete):
-* `<stem>.maps.npy`: (M, R, R, 3) float16 target position maps in the storage image's pixels
+A shard folder (default cache/targets/shards/, git-ignored) holds, per shard `<stem>` (for
+example `train-00000` or `aflw-0003`), two files written atomically, the .npz last so that its
+presence means the shard is complete:
+
+* `<stem>.maps.npy`: (M, R, R, 3) float16 target position maps in the STORAGE image's pixels
   (x right, y down, z towards the camera in the same pixel units, min z over the face = 0;
-  NaN outside the layout's face mask). A plain .npy so readers can memory-map it.
-* `<stem>.npz`: `jpeg_data` (total,) uint8 concatenated JPEG bytes of each stored crop,
-  `jpeg_offsets` (M + 1,) int64, `boxes` (M, 4) float32 tight box of the target's calibrated
+  NaN outside the layout's face mask). A plain .npy rather than an .npz member so readers can
+  memory-map it (`np.load(mmap_mode="r")` does not work inside an .npz): 8,000 faces are about
+  3 GB of maps, which stay on disk and in the page cache, not in each process's heap.
+* `<stem>.npz` (uncompressed): `jpeg_data` (total,) uint8 = concatenated JPEG bytes of each
+  face's storage image (the crop as stored in the face tars, 120-256 px), `jpeg_offsets`
+  (M + 1,) int64, `boxes` (M, 4) float32 tight box (x0, y0, x1, y1) of the target's calibrated
   68 landmarks in storage pixels, `names` (M,) str, `sources` (M,) str (face set),
   `yaw_deg` (M,) float32 (NaN if unknown).
+
+plus `manifest.json` = {"format": 1, "shards": [{"stem", "faces"}...], "faces": total}, rewritten
+by `write_manifest` (called by `ShardWriter.close`; parallel writers call it once at the end).
+Readers do not need it: they list the complete `*.npz` files, in name order.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+SHARD_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def _maps_path(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".maps.npy")
 
 
 def write_shard(
@@ -28,23 +46,30 @@ def write_shard(
     sources: list[str],
     yaw_deg: np.ndarray,
 ) -> None:
-    """Write one shard atomically (see module docstring)."""
+    """Write one shard atomically (see the module docstring for the arrays and their frames).
+
+    position_maps: (M, R, R, 3) storage pixels (stored as float16); boxes (M, 4) storage px."""
     stem = Path(stem)
+    count = len(jpegs)
+    for label, value in (("position_maps", position_maps), ("boxes", boxes), ("names", names),
+                         ("sources", sources), ("yaw_deg", yaw_deg)):
+        if len(value) != count:
+            raise ValueError(f"{label} has {len(value)} entries for {count} JPEGs")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.zeros(len(jpegs) + 1, dtype=np.int64)
+    offsets = np.zeros(count + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(j) for j in jpegs])
     maps_tmp = stem.with_name(stem.name + ".maps.tmp.npy")
     np.save(maps_tmp, np.asarray(position_maps, dtype=np.float16))
-    os.replace(maps_tmp, stem.with_name(stem.name + ".maps.npy"))
+    os.replace(maps_tmp, _maps_path(stem))
     meta_tmp = stem.with_name(stem.name + ".tmp.npz")
     with open(meta_tmp, "wb") as fh:
         np.savez(
             fh,
             jpeg_data=np.frombuffer(b"".join(jpegs), dtype=np.uint8),
             jpeg_offsets=offsets,
-            boxes=np.asarray(boxes, dtype=np.float32),
-            names=np.asarray(names),
-            sources=np.asarray(sources),
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(count, 4),
+            names=np.asarray(names, dtype=str),
+            sources=np.asarray(sources, dtype=str),
             yaw_deg=np.asarray(yaw_deg, dtype=np.float32),
         )
     os.replace(meta_tmp, stem.with_name(stem.name + ".npz"))
@@ -56,29 +81,107 @@ def shard_stems(folder: Path) -> list[Path]:
                   if not p.name.endswith(".tmp.npz"))
 
 
+def write_manifest(folder: Path) -> dict:
+    """(Re)write `manifest.json` listing the folder's complete shards and their face counts."""
+    folder = Path(folder)
+    shards = []
+    for stem in shard_stems(folder):
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
+            shards.append({"stem": stem.name, "faces": len(data["names"])})
+    manifest = {"format": SHARD_FORMAT, "shards": shards,
+                "faces": sum(s["faces"] for s in shards)}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+class ShardWriter:
+    """Accumulates faces and writes `<prefix>-NNNNN` shards of `faces_per_shard` faces.
+
+    with ShardWriter(out_dir) as writer:
+        writer.add(jpeg_bytes, position_map, box, name, source, yaw_deg)
+    `close()` (or leaving the `with`) writes the last partial shard and the manifest."""
+
+    def __init__(self, out_dir: Path, faces_per_shard: int = 500, prefix: str = "train") -> None:
+        if faces_per_shard < 1:
+            raise ValueError(f"faces_per_shard must be at least 1, got {faces_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.faces_per_shard = faces_per_shard
+        self.prefix = prefix
+        self.shards_written = 0
+        self._rows: list[tuple[bytes, np.ndarray, np.ndarray, str, str, float]] = []
+
+    def add(self, jpeg: bytes, position_map: np.ndarray, box: np.ndarray, name: str,
+            source: str, yaw_deg: float = float("nan")) -> None:
+        """One face: its storage JPEG bytes, (R, R, 3) position map in storage px (NaN outside
+        the face mask), tight 68-landmark box (4,) storage px, unique name, face set, yaw."""
+        position_map = np.asarray(position_map, dtype=np.float16)
+        if position_map.ndim != 3 or position_map.shape[2] != 3:
+            raise ValueError(f"position map must be (R, R, 3), got {position_map.shape}")
+        self._rows.append((bytes(jpeg), position_map, np.asarray(box, np.float32).reshape(4),
+                           str(name), str(source), float(yaw_deg)))
+        if len(self._rows) >= self.faces_per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        jpegs, maps, boxes, names, sources, yaws = zip(*self._rows, strict=True)
+        stem = self.out_dir / f"{self.prefix}-{self.shards_written:05d}"
+        write_shard(stem, list(jpegs), np.stack(maps), np.stack(boxes), list(names),
+                    list(sources), np.asarray(yaws, np.float32))
+        self.shards_written += 1
+        self._rows = []
+
+    def close(self) -> None:
+        """Write the remaining faces and the manifest."""
+        self._flush()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(self.out_dir)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class ShardSample:
+    """One stored face (storage-image frame, see the module docstring)."""
+
     jpeg: bytes
-    position_map: np.ndarray  # (R, R, 3) float32, storage pixels, NaN outside the face
-    box: np.ndarray  # (4,) float32
+    position_map: np.ndarray
+    """(R, R, 3) float32, storage pixels, NaN outside the face mask."""
+    box: np.ndarray
+    """(4,) float32 tight 68-landmark box, storage pixels."""
     name: str
     source: str
     yaw_deg: float
 
 
-class ShardReader:
-    """Random access over all shards of a folder; position maps are memory-mapped."""
+class ShardDataset:
+    """Random access over all complete shards of a folder (name order, then order in shard).
+
+    Metadata and JPEG bytes (about 3 % of the data) are loaded at construction; position maps
+    are memory-mapped lazily on first use, so each forked DataLoader worker maps its own.
+    `exclude`: (source, name) pairs to leave out (e.g. dev faces, should any be present)."""
 
     def __init__(self, folder: Path, exclude: set[tuple[str, str]] | None = None) -> None:
-        self.stems = shard_stems(folder)
+        self.folder = Path(folder)
+        self.stems = shard_stems(self.folder)
         if not self.stems:
-            raise FileNotFoundError(f"no shards in {folder}; run the targets step first")
-        self._meta = []
+            raise FileNotFoundError(
+                f"No complete shards in '{self.folder}'. Make them with "
+                "`python -m prn_blender.training targets` (docs/TRAINING.md)."
+            )
+        self._meta: list[dict[str, np.ndarray]] = []
         self._maps: list[np.ndarray | None] = []
         index = []
         for s, stem in enumerate(self.stems):
-            with np.load(stem.with_suffix(".npz"), allow_pickle=False) as d:
-                meta = {k: d[k] for k in d.files}
+            with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
+                meta = {key: data[key] for key in data.files}
             self._meta.append(meta)
             self._maps.append(None)
             for i, (name, source) in enumerate(zip(meta["names"], meta["sources"], strict=True)):
@@ -92,11 +195,15 @@ class ShardReader:
 
     def _map(self, s: int) -> np.ndarray:
         maps = self._maps[s]
-        if maps is None:  # opened lazily so forked DataLoader workers each get their own
-            maps = np.load(self.stems[s].with_name(self.stems[s].name + ".maps.npy"),
-                           mmap_mode="r")
+        if maps is None:
+            maps = np.load(_maps_path(self.stems[s]), mmap_mode="r")
             self._maps[s] = maps
         return maps
+
+    def __getstate__(self) -> dict:  # memory maps are reopened in the receiving process
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self._maps)
+        return state
 
     def __getitem__(self, k: int) -> ShardSample:
         s, i = (int(v) for v in self.index[k])
@@ -110,3 +217,7 @@ class ShardReader:
             source=str(meta["sources"][i]),
             yaw_deg=float(meta["yaw_deg"][i]),
         )
+
+
+ShardReader = ShardDataset
+"""Former name, kept for callers written against it."""

@@ -1,278 +1,364 @@
 """Train PRNet on target shards: `python -m prn_blender.training train --shards DIR --out RUN`.
 
-The recipe of the paper (section 4.1) on our data: the weighted position-map loss (eq. 1, the
-layout's 16 : 4 : 3 : 0 weight mask), Adam, learning rate 1e-4 halved every 5 epochs, batch 16.
-On CPU: bf16 autocast with fp32 master weights and channels_last (DESIGN.md section 8); CUDA
-when present. The same `PRNet` module as inference.
+The paper's recipe (Feng et al., ECCV 2018, section 4.1) on our data: the weighted position-map
+loss (eq. 1 with the layout's 16 : 4 : 3 : 0 weight mask, loss.py), Adam, learning rate 1e-4
+halved every 5 epochs, batch 16, on the SAME `PRNet` module inference uses. CUDA when present;
+on CPU channels_last, and bf16 autocast (fp32 master weights) where the CPU runs bf16 natively
+(AVX-512 BF16 / AMX: DESIGN.md section 8 measured 15.6 img/s against 7.1 in fp32) -- on CPUs
+without it oneDNN emulates bf16 and a step is about 10x SLOWER, so `--bf16` defaults to auto.
 
-Resumable exactly: the sample order of an epoch is a permutation seeded by (seed, epoch), each
-sample's augmentation is seeded by (seed, epoch, index), and the checkpoint stores the position
-within the epoch in global samples. Checkpoints (our own files: model, optimizer, position) are
-written atomically every --checkpoint-minutes and at the end.
+Resumable exactly: batches are a pure function of (seed, epoch, position), see dataset.py; a
+checkpoint `RUN/last.pt` (model incl. BatchNorm statistics, Adam state, schedule, step, epoch,
+position within the epoch in global samples, RNG states) is written atomically (tmp +
+os.replace) every --checkpoint-minutes, on SIGTERM / SIGINT (e.g. SLURM's pre-emption signal),
+at --max-minutes / --max-steps and at the end. `--resume` continues from it; a run killed at
+any moment and resumed repeats the steps since the last checkpoint and ends with the same
+weights as an uninterrupted run.
 
-Distributed: the same code runs under `torchrun`; each rank takes a disjoint slice of every
-global batch (batch x world size samples), gradients are averaged by DistributedDataParallel,
-only rank 0 writes. BatchNorm statistics stay per rank (see prn_blender.training.distributed).
+Outputs in RUN/: last.pt, log.csv (step, epoch, lr, loss, landmark NME of the batch in %,
+img/s, wall s), loss.png (drawn with OpenCV), eval.csv (the `evaluate_fn` hook, every
+--eval-minutes), config.json. Distributed: see distributed.py (same code, under torchrun).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
+import json
 import math
 import os
+import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from ..core.layout import UVLayout, load_layout
-from ..net.prnet import PRNet, pixels_to_normalized
-from .augment import NO_AUGMENTATION, AugmentSettings, make_sample
-from .shards import ShardReader
+from ..core.layout import load_layout
+from ..net.prnet import PRNet, normalized_to_pixels
+from .augment import NO_AUGMENTATION, AugmentSettings
+from .dataset import ResumableBatchSampler, ShardSamples
+from .distributed import DEFAULT_TIMEOUT_S, DistributedContext
+from .loss import batch_landmark_nme, weighted_loss_from_normalized
 
 REPO = Path(__file__).resolve().parents[2]
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = 1
+
+EvaluateFn = Callable[[nn.Module], dict[str, float]]
+"""Takes the PRNet (pixel output, any mode; it may switch to eval), returns named figures."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything a run depends on. Defaults = the paper's recipe."""
+
     shards: Path
     out: Path
     batch: int = 16
+    """Per process; the effective batch is batch x world size."""
     lr: float = 1e-4
     halve_every_epochs: float = 5.0
     epochs: float = 1000.0
     max_minutes: float | None = None
+    """Wall-clock budget of this invocation (a resumed run gets a fresh budget)."""
     max_steps: int | None = None
+    """Stop once the global step count reaches this (counts across resumes)."""
+    resume: bool = False
     bf16: bool | None = None
-    """None = auto: on CUDA, or on a CPU with native bf16 (else bf16 is several times slower)."""
+    """None = auto: on CUDA with bf16, or on a CPU with native bf16."""
     channels_last: bool = True
     num_workers: int = 1
+    threads: int | None = None
     checkpoint_minutes: float = 5.0
     eval_minutes: float = 15.0
     seed: int = 0
     device: str = "auto"
     init_from: Path | None = None
-    width: int = 16
     augment: bool = True
-
-
-class ShardSamples(torch.utils.data.Dataset):
-    """Item (epoch, index) -> (image (3, R, R) float [0, 1], target (3, R, R) normalised,
-    weights (R, R)). Deterministic in (seed, epoch, index)."""
-
-    def __init__(self, shards: Path, layout: UVLayout, seed: int, augment: AugmentSettings):
-        self.reader = ShardReader(shards)
-        self.face_mask = layout.face_mask
-        self.weight_mask = layout.weight_mask
-        self.seed = seed
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        epoch, index = key
-        sample = self.reader[index]
-        rng = np.random.default_rng([self.seed, epoch, index])
-        bgr = cv2.imdecode(np.frombuffer(sample.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        crop, target, weights = make_sample(
-            np.ascontiguousarray(bgr[:, :, ::-1]), sample.position_map, sample.box,
-            self.face_mask, self.weight_mask, rng, self.augment,
-        )
-        image = torch.from_numpy(crop).permute(2, 0, 1).float().div_(255.0)
-        tgt = pixels_to_normalized(torch.from_numpy(target).permute(2, 0, 1))
-        return image, tgt, torch.from_numpy(weights)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, 7]).permutation(n)
-
-
-class ResumableBatches(torch.utils.data.Sampler):
-    """Yields this rank's slice of each global batch, from a global sample position."""
-
-    def __init__(self, n: int, batch: int, seed: int, epoch: int, start: int, rank: int,
-                 world: int) -> None:
-        self.n, self.batch, self.seed, self.epoch = n, batch, seed, epoch
-        self.start, self.rank, self.world = start, rank, world
-
-    def __iter__(self):
-        order = epoch_order(self.n, self.seed, self.epoch)
-        global_batch = self.batch * self.world
-        for pos in range(self.start, self.n - global_batch + 1, global_batch):
-            mine = order[pos + self.rank * self.batch : pos + (self.rank + 1) * self.batch]
-            yield [(self.epoch, int(i)) for i in mine]
-
-    def __len__(self) -> int:
-        return max(0, (self.n - self.start) // (self.batch * self.world))
-
-
-def weighted_position_loss(
-    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """Paper eq. 1: sum over texels of W(u, v) * ||P(u, v) - P~(u, v)||^2, normalised by the
-    total weight. pred/target (N, 3, R, R) in normalised units, weights (N, R, R)."""
-    sq = ((pred.float() - target) ** 2).sum(dim=1)
-    return (sq * weights).sum() / weights.sum().clamp_min(1.0)
+    layout: Path | None = None
+    """UV layout .npz; None = the shipped one. Tests pass a small synthetic layout."""
+    width: int = 16
+    """PRNet width (16 = the paper). Smaller values are for tests only."""
+    sync_bn: bool = False
+    dist_timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def bf16_useful(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX);
-    elsewhere oneDNN emulates it and a training step was measured 5-10x slower than fp32."""
+    """bf16 autocast pays off on CUDA (with bf16 support) and on CPUs with native bf16
+    (AVX-512 BF16 / AMX); elsewhere oneDNN emulates it and a step was measured about 10x
+    slower than fp32 (0.1 against 1.0 img/s on this AVX2 machine under load)."""
     if device.type == "cuda":
-        return True
+        return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
 
 
 def lr_at(config: TrainConfig, epoch_float: float) -> float:
+    """Adam learning rate after `epoch_float` epochs: halved every `halve_every_epochs`."""
     return config.lr * 0.5 ** math.floor(epoch_float / config.halve_every_epochs)
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig, evaluate_fn=None) -> Path:
-    """Run (or resume) training; returns the path of the last checkpoint."""
-    from .distributed import DistributedContext
+def load_checkpoint(path: Path) -> dict:
+    """A trainer checkpoint (our own file: torch.load with weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
-    dist_ctx = DistributedContext.from_env(config.device)
-    device = dist_ctx.device
-    torch.manual_seed(config.seed)
-    layout = load_layout()
-    dataset = ShardSamples(config.shards, layout, config.seed,
-                           AugmentSettings() if config.augment else NO_AUGMENTATION)
-    model = PRNet(width=config.width)
-    ckpt_path = config.out / "last.pt"
-    state = None
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-    elif config.init_from is not None:
+
+def _initial_state(path: Path) -> dict[str, torch.Tensor]:
+    """Model weights to start from: a trainer checkpoint (.pt) or exported safetensors."""
+    if path.suffix == ".safetensors":
         from ..net.weights import load_weights
 
-        init_state, _ = load_weights(config.init_from)
-        model.load_state_dict(init_state)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    epoch = int(state["epoch"]) if state else 0
-    position = int(state["position"]) if state else 0
-    step = int(state["step"]) if state else 0
-    train_model: nn.Module = dist_ctx.wrap(model)
-
-    if dist_ctx.is_main:
-        config.out.mkdir(parents=True, exist_ok=True)
-    n = len(dataset)
-    global_batch = config.batch * dist_ctx.world_size
-    steps_per_epoch = n // global_batch
-    dist_ctx.log(
-        f"training on {n} faces, {dist_ctx.world_size} process(es) on {device}: batch "
-        f"{config.batch} per process, effective {global_batch}; Adam lr {config.lr:g} halved "
-        f"every {config.halve_every_epochs:g} epochs ({steps_per_epoch} steps per epoch)"
-    )
-    log_path = config.out / "log.csv"
-    started = time.monotonic()
-    last_ckpt = last_eval = started
-    use_autocast = bf16_useful(device) if config.bf16 is None else config.bf16
-    images_done, window_start = 0, time.monotonic()
-
-    def save() -> None:
-        if dist_ctx.is_main:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch, "position": position, "step": step,
-                          "config": {k: str(v) for k, v in vars(config).items()}}, ckpt_path)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, disable=not dist_ctx.is_main, desc="train", unit="step",
-               initial=step, mininterval=10)
-    stop = False
-    while epoch < config.epochs and not stop:
-        sampler = ResumableBatches(n, config.batch, config.seed, epoch, position,
-                                   dist_ctx.rank, dist_ctx.world_size)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=config.num_workers,
-            persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
-        )
-        train_model.train()
-        for image, target, weights in loader:
-            lr = lr_at(config, epoch + position / max(n, 1))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            image, target, weights = image.to(device), target.to(device), weights.to(device)
-            if config.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                pred = train_model(image)
-            loss = weighted_position_loss(pred, target, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            position += global_batch
-            images_done += global_batch
-            now = time.monotonic()
-            if dist_ctx.is_main:
-                rate = images_done / max(now - window_start, 1e-6)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.5f}", img_s=f"{rate:.1f}", epoch=epoch)
-                new = not log_path.is_file()
-                with open(log_path, "a", newline="") as fh:
-                    writer = csv.writer(fh)
-                    if new:
-                        writer.writerow(["step", "epoch", "lr", "loss", "images_per_s", "wall_s"])
-                    writer.writerow([step, f"{epoch + position / n:.4f}", f"{lr:.3g}",
-                                     f"{loss.item():.6f}", f"{rate:.2f}",
-                                     f"{now - started:.1f}"])
-            if now - last_ckpt > config.checkpoint_minutes * 60:
-                save()
-                last_ckpt = now
-            if evaluate_fn is not None and dist_ctx.is_main and \
-                    now - last_eval > config.eval_minutes * 60:
-                save()
-                _record_eval(config.out, step, epoch + position / n, evaluate_fn(model))
-                last_eval = time.monotonic()
-                train_model.train()
-            if (config.max_minutes is not None and now - started > config.max_minutes * 60) or \
-                    (config.max_steps is not None and step >= config.max_steps):
-                stop = True
-                break
-        if not stop:
-            epoch += 1
-            position = 0
-    save()
-    bar.close()
-    if dist_ctx.is_main:
-        plot_loss(log_path, config.out / "loss.png")
-    dist_ctx.close()
-    return ckpt_path
+        state, _ = load_weights(path)
+        return state
+    return load_checkpoint(path)["model"]
 
 
-def _record_eval(out: Path, step: int, epoch: float, metrics: dict[str, float]) -> None:
-    path = out / "eval.csv"
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The only global RNG the loop touches is torch's (initialisation); augmentation uses
+    per-sample generators seeded by (seed, epoch, index)."""
+    return {"torch": torch.get_rng_state()}
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(kept)
+
+
+def _append_csv(path: Path, header: list[str], row: list) -> None:
     new = not path.is_file()
     with open(path, "a", newline="") as fh:
         writer = csv.writer(fh)
         if new:
-            writer.writerow(["step", "epoch", *metrics])
-        writer.writerow([step, f"{epoch:.3f}", *(f"{v:.4f}" for v in metrics.values())])
+            writer.writerow(header)
+        writer.writerow(row)
+
+
+LOG_HEADER = ["step", "epoch", "lr", "loss", "nme_pct", "images_per_s", "wall_s"]
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT set a flag: the loop checkpoints and stops at the next step."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def train(config: TrainConfig, evaluate_fn: EvaluateFn | None = None) -> Path:
+    """Run (or resume) training; returns the path of the last checkpoint."""
+    ctx = DistributedContext.from_env(config.device, config.sync_bn, config.dist_timeout_s)
+    try:
+        return _train(config, ctx, evaluate_fn)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn | None) -> Path:
+    device = ctx.device
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    layout = load_layout(config.layout)
+    dataset = ShardSamples(config.shards, layout, config.seed,
+                           AugmentSettings() if config.augment else NO_AUGMENTATION)
+    ckpt_path = config.out / CHECKPOINT_NAME
+    state = None
+    if ckpt_path.is_file():
+        if not config.resume:
+            raise FileExistsError(
+                f"'{ckpt_path}' exists: pass --resume to continue that run, or choose a new "
+                "--out."
+            )
+        state = load_checkpoint(ckpt_path)
+    model = PRNet(width=config.width)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    elif config.init_from is not None:
+        model.load_state_dict(_initial_state(config.init_from))
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    epoch = position = step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, position, step = int(state["epoch"]), int(state["position"]), int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+    train_model = ctx.wrap(model)
+    landmark_texels = torch.from_numpy(np.asarray(layout.landmark_texels, np.float32))
+
+    n = len(dataset)
+    global_batch = config.batch * ctx.world_size
+    steps_per_epoch = n // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n} faces cannot fill one global batch of {global_batch}")
+    use_bf16 = bf16_useful(device) if config.bf16 is None else config.bf16
+    log_path, eval_path = config.out / "log.csv", config.out / "eval.csv"
+    if ctx.is_main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            _truncate_csv(log_path, step)
+            _truncate_csv(eval_path, step)
+        run_info = {**{k: str(v) for k, v in asdict(config).items()},
+                    "world_size": ctx.world_size, "effective_batch": global_batch,
+                    "faces": n, "device": str(device), "bf16": use_bf16,
+                    "layout_id": layout.layout_id}
+        (config.out / "config.json").write_text(json.dumps(run_info, indent=1) + "\n")
+    ctx.log(
+        f"{'resuming at step ' + str(step) if state else 'training'}: {n} faces, "
+        f"{ctx.world_size} process(es) on {device}, batch {config.batch} per process = "
+        f"effective batch {global_batch}, {steps_per_epoch} steps per epoch; Adam lr "
+        f"{config.lr:g} halved every {config.halve_every_epochs:g} epochs "
+        f"({config.halve_every_epochs * steps_per_epoch:.0f} steps); "
+        f"{'bf16 autocast' if use_bf16 else 'fp32'}"
+        f"{', channels_last' if config.channels_last else ''}; "
+        f"BatchNorm {'synchronised' if ctx.sync_bn else 'per rank'}"
+    )
+
+    def save() -> None:
+        if ctx.is_main:
+            _atomic_save({
+                "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": {"lr": config.lr, "halve_every_epochs": config.halve_every_epochs},
+                "epoch": epoch, "position": position, "step": step,
+                "world_size": ctx.world_size, "width": config.width,
+                "layout_id": layout.layout_id, "rng": _rng_state(),
+                "config": {k: str(v) for k, v in asdict(config).items()},
+            }, ckpt_path)
+
+    started = last_ckpt = last_eval = time.monotonic()
+    recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+    recent.append((started, 0))
+    images = 0
+    bar = tqdm(desc="train", unit="step", initial=step, total=config.max_steps,
+               disable=not ctx.is_main, dynamic_ncols=True)
+    stop = False
+    with _StopSignal() as stop_signal:
+        while not stop and epoch + position / n < config.epochs:
+            sampler = ResumableBatchSampler(n, config.batch, config.seed, epoch, position,
+                                            ctx.rank, ctx.world_size)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                prefetch_factor=4 if config.num_workers else None,
+                worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
+            )
+            train_model.train()
+            for image, target, weights in loader:
+                lr = lr_at(config, epoch + position / n)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                image = image.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                weights = weights.to(device, non_blocking=True)
+                if config.channels_last:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    pred = train_model(image)
+                loss = weighted_loss_from_normalized(pred, target, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                position += global_batch
+                images += global_batch
+                now = time.monotonic()
+                want_stop = (
+                    stop_signal.raised
+                    or (config.max_minutes is not None and now - started
+                        >= config.max_minutes * 60)
+                    or (config.max_steps is not None and step >= config.max_steps)
+                    or epoch + position / n >= config.epochs
+                )
+                mean_loss, stop = ctx.mean_and_any(float(loss.detach()), want_stop)
+                if ctx.is_main:
+                    recent.append((now, images))
+                    rate = (recent[-1][1] - recent[0][1]) / max(recent[-1][0] - recent[0][0],
+                                                                1e-6)
+                    nme = batch_landmark_nme(
+                        normalized_to_pixels(pred.detach().float()), target, weights,
+                        landmark_texels)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.3g}", nme=f"{100 * nme:.1f}%",
+                                    img_s=f"{rate:.1f}", ep=f"{epoch + position / n:.2f}",
+                                    refresh=False)
+                    _append_csv(log_path, LOG_HEADER, [
+                        step, f"{epoch + position / n:.4f}", f"{lr:.4g}", f"{mean_loss:.6g}",
+                        f"{100 * nme:.3f}", f"{rate:.2f}", f"{now - started:.1f}"])
+                if stop:
+                    break
+                if now - last_ckpt >= config.checkpoint_minutes * 60:
+                    save()
+                    last_ckpt = now
+                if evaluate_fn is not None and ctx.is_main and \
+                        now - last_eval >= config.eval_minutes * 60:
+                    save()
+                    last_ckpt = time.monotonic()
+                    figures = evaluate_fn(model)
+                    _append_csv(eval_path, ["step", "epoch", "wall_s", *figures],
+                                [step, f"{epoch + position / n:.4f}",
+                                 f"{time.monotonic() - started:.1f}",
+                                 *(f"{v:.4f}" for v in figures.values())])
+                    ctx.log(f"step {step} eval: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in figures.items()))
+                    last_eval = time.monotonic()
+                    train_model.train()
+            if position + global_batch > n:  # epoch done (its last partial batch is dropped)
+                epoch += 1
+                position = 0
+    save()
+    bar.close()
+    if ctx.is_main:
+        plot_loss(log_path, config.out / "loss.png")
+        ctx.log(f"stopped at step {step} (epoch {epoch + position / n:.3f}); "
+                f"checkpoint {ckpt_path}")
+    return ckpt_path
+
+
+def _worker_init(worker_id: int) -> None:
+    cv2.setNumThreads(1)  # the loader shares the cores with training
 
 
 def plot_loss(log_path: Path, png_path: Path, size: tuple[int, int] = (800, 400)) -> None:
-    """Loss curve (log scale, smoothed) drawn with OpenCV."""
+    """The loss curve of log.csv (log10 scale, raw in grey, smoothed in blue), drawn with
+    OpenCV into a PNG."""
     if not log_path.is_file():
         return
     with open(log_path) as fh:
@@ -281,54 +367,91 @@ def plot_loss(log_path: Path, png_path: Path, size: tuple[int, int] = (800, 400)
         return
     steps = np.array([float(r["step"]) for r in rows])
     loss = np.log10(np.maximum([float(r["loss"]) for r in rows], 1e-12))
-    k = max(1, len(loss) // 100)
+    k = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-    xs = steps[k - 1 :]
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
-    x0, y0, x1, y1 = 60, 20, w - 20, h - 40
-    lo, hi = smooth.min(), smooth.max() + 1e-9
-    px = x0 + (xs - xs.min()) / max(xs.max() - xs.min(), 1) * (x1 - x0)
-    py = y1 - (smooth - lo) / (hi - lo) * (y1 - y0)
+    x0, y0, x1, y1 = 70, 20, w - 20, h - 40
+    lo, hi = float(loss.min()), float(loss.max()) + 1e-9
+
+    def points(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        px = x0 + (xs - steps.min()) / max(steps.max() - steps.min(), 1) * (x1 - x0)
+        py = y1 - (ys - lo) / (hi - lo) * (y1 - y0)
+        return np.stack([px, py], 1).round().astype(np.int32)
+
     cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    cv2.polylines(img, [np.stack([px, py], 1).astype(np.int32)], False, (200, 60, 0), 2)
-    cv2.putText(img, f"log10 loss {hi:.2f}", (5, y0 + 10), cv2.FONT_HERSHEY_PLAIN, 1, (0, 0, 0))
-    cv2.putText(img, f"{lo:.2f}", (5, y1), cv2.FONT_HERSHEY_PLAIN, 1, (0, 0, 0))
-    cv2.putText(img, f"step {int(xs.min())} .. {int(xs.max())}", (x0, h - 12),
-                cv2.FONT_HERSHEY_PLAIN, 1, (0, 0, 0))
+    cv2.polylines(img, [points(steps, loss)], False, (200, 200, 200), 1, cv2.LINE_AA)
+    cv2.polylines(img, [points(steps[k - 1 :], smooth)], False, (200, 60, 0), 2, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_PLAIN
+    cv2.putText(img, f"{hi:.2f}", (5, y0 + 10), font, 1, (0, 0, 0))
+    cv2.putText(img, f"{lo:.2f}", (5, y1), font, 1, (0, 0, 0))
+    cv2.putText(img, "log10 loss", (5, (y0 + y1) // 2), font, 1, (0, 0, 0))
+    cv2.putText(img, f"step {int(steps.min())} .. {int(steps.max())}", (x0, h - 12), font, 1,
+                (0, 0, 0))
     cv2.imwrite(str(png_path), img)
 
 
+def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: str = "") -> Path:
+    """Write a trainer checkpoint's model as shipped safetensors (net.weights.save_weights,
+    fp16, with the layout id it was trained for)."""
+    from ..net.prnet import trainable_parameter_count
+    from ..net.weights import WeightsInfo, save_weights
+
+    state = load_checkpoint(checkpoint)
+    model = PRNet(width=int(state.get("width", 16)))
+    model.load_state_dict(state["model"])
+    layout_id = str(state.get("layout_id") or load_layout().layout_id)
+    config = state.get("config", {})
+    default_summary = (
+        f"{state['step']} steps (epoch {state['epoch']} + {state['position']} faces), batch "
+        f"{config.get('batch', '?')} x {state.get('world_size', 1)} process(es), Adam lr "
+        f"{config.get('lr', '?')} halved every {config.get('halve_every_epochs', '?')} epochs"
+    )
+    info = WeightsInfo(layout_id=layout_id, parameter_count=trainable_parameter_count(model),
+                       trained=True, training=summary or default_summary, dev_nme=dev_nme)
+    save_weights(model, out, info)
+    return Path(out)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=Path, default=REPO / "cache" / "targets" / "shards")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "prnet")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--halve-every-epochs", type=float, default=5.0)
-    parser.add_argument("--epochs", type=float, default=1000.0)
-    parser.add_argument("--max-minutes", type=float, default=None)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: only where the hardware runs it natively)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    parser.add_argument("--eval-minutes", type=float, default=15.0)
-    parser.add_argument("--no-eval", action="store_true", help="skip the periodic dev NME")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--init-from", type=Path, default=None)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--width", type=int, default=16, help=argparse.SUPPRESS)
+    """The `train` subcommand's options."""
+    a = parser.add_argument
+    a("--shards", type=Path, default=REPO / "cache" / "targets" / "shards")
+    a("--out", type=Path, default=REPO / "runs" / "prnet", help="run folder")
+    a("--batch", type=int, default=16, help="images per process and step")
+    a("--lr", type=float, default=1e-4)
+    a("--halve-every-epochs", type=float, default=5.0)
+    a("--epochs", type=float, default=1000.0)
+    a("--max-minutes", type=float, default=None, help="wall-clock budget of this invocation")
+    a("--max-steps", type=int, default=None, help="stop at this global step")
+    a("--resume", action="store_true", help="continue RUN/last.pt (fresh start if absent)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None,
+      help="bf16 autocast (default: only where the hardware runs bf16 natively)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    a("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    a("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    a("--checkpoint-minutes", type=float, default=5.0)
+    a("--eval-minutes", type=float, default=15.0)
+    a("--no-eval", action="store_true", help="skip the periodic dev evaluation")
+    a("--seed", type=int, default=0)
+    a("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    a("--init-from", type=Path, default=None, help="start from a .pt checkpoint or .safetensors")
+    a("--no-augment", action="store_true")
+    a("--layout", type=Path, default=None, help="UV layout .npz (default: the shipped one)")
+    a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA only)")
+    a("--dist-timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+      help="collective timeout: a dead rank fails the job after at most this long")
+    a("--width", type=int, default=16, help=argparse.SUPPRESS)  # tests only
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         shards=args.shards, out=args.out, batch=args.batch, lr=args.lr,
         halve_every_epochs=args.halve_every_epochs, epochs=args.epochs,
-        max_minutes=args.max_minutes, max_steps=args.max_steps, bf16=args.bf16,
-        channels_last=args.channels_last, num_workers=args.num_workers,
-        checkpoint_minutes=args.checkpoint_minutes, eval_minutes=args.eval_minutes,
-        seed=args.seed, device=args.device, init_from=args.init_from, width=args.width,
-        augment=not args.no_augment,
+        max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume,
+        bf16=args.bf16, channels_last=args.channels_last, num_workers=args.num_workers,
+        threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
+        eval_minutes=args.eval_minutes, seed=args.seed, device=args.device,
+        init_from=args.init_from, augment=not args.no_augment, layout=args.layout,
+        width=args.width, sync_bn=args.sync_bn, dist_timeout_s=args.dist_timeout_s,
     )
