@@ -11,10 +11,15 @@ DESIGN.md sections 1 and 3:
   Blender frame; the neck more than 1 cm below the lowest jaw landmark is cut;
 * calibrated 68 = PRNet's BFM-defined 68 (canonical_vertices.npy at uv_kpt_ind) aligned to
   the ICT neutral (Umeyama, no reflection) and projected to the closest point of the ICT face
-  surface, iterated (ICP); inner-lip points 61-63 restricted to the upper lip and 65-67 to the
-  lower lip (told apart by the jawOpen blendshape);
+  surface, iterated to convergence (ICP); inner-lip points 61-63 restricted to the upper lip
+  and 65-67 to the lower lip (told apart by the jawOpen blendshape);
 * weight mask 16 : 4 : 3 : 0 (landmark texels : eyes/nose/mouth : other face : neck).
-numpy + OpenCV only.
+numpy + OpenCV only; about 13 s.
+
+Measured (v1): 62,712 face texels, 54,598 mesh vertices, 107,940 triangles, 8,114 neck
+texels. ICP: 40 rounds, 12.59 -> 11.82 canonical units per ICT cm, residual 0.94 mm mean,
+2.2 mm max (landmark 38). Against 3DDFA-V2 teacher landmarks of 200 training faces (ICT fit,
+teacher 68 only), the converged texels reach a 2D NME floor of 0.69 % (6 ICP rounds: 0.77 %).
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ WEIGHT_LANDMARK, WEIGHT_FEATURE, WEIGHT_FACE, WEIGHT_NECK = 16.0, 4.0, 3.0, 0.0
 FEATURE_REGIONS = (range(36, 42), range(42, 48), range(27, 36), range(48, 60))
 """Eyes, nose and outer mouth: their calibrated landmarks' UV convex hulls."""
 UPPER_INNER_LIP, LOWER_INNER_LIP = (61, 62, 63), (65, 66, 67)
-ICP_ROUNDS = 6
+UPPER_LIP_MIN_DROP_CM, LOWER_LIP_MAX_DROP_CM = -1.0, -1.5
+"""jawOpen mean vertical displacement (cm) separating upper-lip from lower-lip triangles."""
+ICP_MAX_ROUNDS, ICP_SCALE_TOLERANCE = 60, 1e-5
 
 
 def uv_to_texel(uv: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
-    """UV -> continuous texel coordinates (x = col, y = row), centres at integers."""
+    """UV -> continuous texel coordinates (x = col, y = row), centres at integers: the float64
+    twin of core.frames.uv_to_texel (which returns float32; rasterising needs float64)."""
     return np.stack([uv[..., 0] * resolution - 0.5, (1.0 - uv[..., 1]) * resolution - 0.5], -1)
 
 
@@ -161,40 +169,55 @@ def bfm68_canonical(shared: Path) -> np.ndarray:
     return canonical[rows] * np.array([1.0, -1.0, 1.0])
 
 
+def lip_triangle_masks(ict: ICTModel) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower) (F,) bool masks of the face triangles the inner-lip landmarks may use.
+
+    Told apart by the `jawOpen` blendshape: its mean vertical displacement per triangle is
+    -0.2 to -0.4 cm on the upper lip and about -3 cm on the lower lip and chin (ICT Y up)."""
+    jaw_open = ict.expression[ict.expression_names.index("jawOpen")].astype(np.float64)
+    drop_cm = jaw_open[ict.face_triangles][:, :, 1].mean(axis=1)
+    return drop_cm > UPPER_LIP_MIN_DROP_CM, drop_cm < LOWER_LIP_MAX_DROP_CM
+
+
 def calibrate_landmarks(
     ict: ICTModel, bfm68: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """ICP of the BFM 68 onto the ICT face surface. Returns (triangle index (68,), barycentric
-    (68, 3), surface points (68, 3) cm, residual stats)."""
-    tris = ict.face_triangles
-    tri_xyz = ict.neutral[tris].astype(np.float64)
-    jaw_open = ict.expression[ict.expression_names.index("jawOpen")]
-    drop = jaw_open[tris][:, :, 1].mean(axis=1)  # cm, negative = moves down
-    # jawOpen moves the upper inner lip 0.2-0.4 cm, the lower lip and chin about 3 cm.
-    upper_ok = drop > -1.0
-    lower_ok = drop < -1.5
-    allowed = {i: upper_ok for i in UPPER_INNER_LIP} | {i: lower_ok for i in LOWER_INNER_LIP}
+    """Put PRNet's BFM-defined 68 on the ICT face surface (DESIGN.md section 1).
 
-    scale, rot, trans = umeyama(bfm68, ict.neutral[ict.landmark_vertices].astype(np.float64))
-    tri_idx = np.zeros(68, dtype=np.int64)
-    bary = np.zeros((68, 3))
-    surface = np.zeros((68, 3))
-    for _ in range(ICP_ROUNDS):
+    `bfm68` (68, 3): the canonical mean face's landmarks with y flipped to up (canonical
+    units). Start: Umeyama similarity (no reflection) onto ICT's own 68; then ICP: closest
+    surface point of each moved landmark (61-63 on upper-lip, 65-67 on lower-lip triangles
+    only), re-fit the similarity onto those points; repeated until the scale changes by less
+    than `ICP_SCALE_TOLERANCE` (relative) or `ICP_MAX_ROUNDS`. Returns (face triangle index
+    (68,), barycentric (68, 3), ICT surface points (68, 3) cm, statistics)."""
+    tri_xyz = ict.neutral[ict.face_triangles].astype(np.float64)
+    upper_ok, lower_ok = lip_triangle_masks(ict)
+    allowed = np.ones((68, len(tri_xyz)), dtype=bool)
+    allowed[list(UPPER_INNER_LIP)] = upper_ok
+    allowed[list(LOWER_INNER_LIP)] = lower_ok
+
+    own68 = ict.neutral[ict.landmark_vertices].astype(np.float64)
+    scale, rot, trans = umeyama(bfm68, own68)
+    stats = {"initial_canonical_units_per_cm": 1.0 / scale}
+    rounds = 0
+    while True:
+        rounds += 1
         moved = scale * bfm68 @ rot.T + trans
-        free = [i for i in range(68) if i not in allowed]
-        t, b, q = closest_points_on_triangles(moved[free], tri_xyz)
-        tri_idx[free], bary[free], surface[free] = t, b, q
-        for i, ok in allowed.items():
-            sub = np.flatnonzero(ok)
-            t, b, q = closest_points_on_triangles(moved[i : i + 1], tri_xyz[sub])
-            tri_idx[i], bary[i], surface[i] = sub[t[0]], b[0], q[0]
-        scale, rot, trans = umeyama(bfm68, surface)
+        tri_idx, bary, surface = closest_points_on_triangles(moved, tri_xyz, allowed)
+        new_scale, rot, trans = umeyama(bfm68, surface)
+        converged = abs(new_scale / scale - 1.0) < ICP_SCALE_TOLERANCE
+        scale = new_scale
+        if converged or rounds == ICP_MAX_ROUNDS:
+            break
     moved = scale * bfm68 @ rot.T + trans
-    residual = np.linalg.norm(moved - surface, axis=1)
-    stats = {
+    residual_mm = np.linalg.norm(moved - surface, axis=1) * 10.0
+    stats |= {
+        "icp_rounds": rounds,
         "canonical_units_per_cm": 1.0 / scale,
-        "residual_mean_mm": float(residual.mean() * 10),
-        "residual_max_mm": float(residual.max() * 10),
+        "residual_mean_mm": float(residual_mm.mean()),
+        "residual_max_mm": float(residual_mm.max()),
+        "residual_worst_landmark": int(residual_mm.argmax()),
+        "residual_inner_lip_mean_mm": float(residual_mm[[61, 62, 63, 65, 66, 67]].mean()),
     }
     return tri_idx, bary, surface, stats
 
@@ -214,6 +237,8 @@ def grid_triangles(mask: np.ndarray, texel_index: np.ndarray) -> np.ndarray:
 
 
 def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
+    """Every field of the layout from ../shared (ICT-FaceKit + PRNet's uv-data), plus
+    statistics (counts, ICP scale and residuals) for the report."""
     ict = load_ict(str(shared))
     r = RESOLUTION
     tris = ict.face_triangles
@@ -222,14 +247,12 @@ def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
     face_mask = tri_id >= 0
     bary = np.round(bary, 5)
 
-    kept = np.unique(tris)
-    remap = np.full(ict.neutral.shape[0], -1, dtype=np.int64)
+    kept, first_corner = np.unique(tris.ravel(), return_index=True)  # first use of each vertex
+    remap = np.full(ict.vertex_count, -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     ict_triangles = remap[tris].astype(np.int32)
-    first_uv = np.full(ict.neutral.shape[0], -1, dtype=np.int64)
-    flat_v, flat_t = tris.ravel()[::-1], ict.face_triangle_uvs.ravel()[::-1]
-    first_uv[flat_v] = flat_t  # reversed so the first occurrence wins
-    ict_vertex_texels = np.round(uv_to_texel(ict.uvs[first_uv[kept]]), 5).astype(np.float32)
+    first_uv = ict.face_triangle_uvs.ravel()[first_corner]  # seam vertices: their first UV
+    ict_vertex_texels = np.round(uv_to_texel(ict.uvs[first_uv]), 5).astype(np.float32)
 
     neutral64 = ict.neutral.astype(np.float64)
     inside = face_mask.reshape(-1)
@@ -242,7 +265,8 @@ def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
     lm_texels = (corner_texels[tri_lm] * bary_lm[:, :, None]).sum(axis=1)
     landmark_texels = np.round(lm_texels, 4).astype(np.float32)
 
-    # Neck cut: more than 1 cm below the lowest calibrated jaw landmark (ICT Y up).
+    # Neck cut: more than 1 cm below the lowest jaw landmark (ICT Y up). Jaw = the calibrated
+    # (BFM-defined) 0-16 on the ICT surface; the lowest is the chin, 8.
     neck_limit = surface_lm[:17, 1].min() - NECK_MARGIN_CM
     neck_flat = np.zeros(r * r, dtype=bool)
     neck_flat[np.flatnonzero(inside)[texel_pos[:, 1] < neck_limit]] = True
@@ -304,8 +328,10 @@ def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
 
 
 def draw_layout(layout: UVLayout, scale: int = 3) -> np.ndarray:
-    """BGR picture: weight regions, the neck, calibrated (red) and ICT's own (blue) 68."""
-    colours = {16.0: (40, 40, 230), 4.0: (90, 200, 250), 3.0: (170, 200, 170), 0.0: (40, 40, 40)}
+    """BGR picture of the layout, upright (forehead at the top), `scale` pixels per texel:
+    weight regions (16 magenta, 4 orange, 3 green, neck 0 dark grey, outside white), the
+    calibrated 68 (red, numbered) and ICT's own 68 (blue)."""
+    colours = {16.0: (200, 40, 200), 4.0: (90, 200, 250), 3.0: (170, 200, 170), 0.0: (60, 60, 60)}
     img = np.full((layout.resolution, layout.resolution, 3), 255, dtype=np.uint8)
     for value, colour in colours.items():
         img[(layout.weight_mask == value) & layout.face_mask] = colour
@@ -315,15 +341,19 @@ def draw_layout(layout: UVLayout, scale: int = 3) -> np.ndarray:
         return round((p[0] + 0.5) * scale), round((p[1] + 0.5) * scale)
 
     for p in layout.ict_landmark_texels:
-        cv2.circle(img, to_px(p), 3, (200, 80, 0), -1, cv2.LINE_AA)
+        cv2.circle(img, to_px(p), 2, (200, 80, 0), -1, cv2.LINE_AA)
     for i, p in enumerate(layout.landmark_texels):
-        cv2.circle(img, to_px(p), 3, (0, 0, 160), -1, cv2.LINE_AA)
+        cv2.circle(img, to_px(p), 2, (0, 0, 200), -1, cv2.LINE_AA)
         x, y = to_px(p)
         cv2.putText(img, str(i), (x + 3, y - 3), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 0, 0), 1)
-    cv2.putText(img, "red: calibrated 68 (BFM-compatible)  blue: ICT's own 68", (8, 16),
-                cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "weights 16 / 4 / 3 / neck 0", (8, 34), cv2.FONT_HERSHEY_PLAIN, 1.0,
-                (0, 0, 0), 1, cv2.LINE_AA)
+    legend = (
+        f"{layout.layout_id}: red = calibrated 68 (BFM-compatible), blue = ICT's own 68",
+        "weights: magenta 16 (landmark texels), orange 4 (eyes/nose/mouth), green 3,",
+        "dark grey 0 (neck: face mask minus mesh mask), white: outside the face",
+    )
+    for k, line in enumerate(legend):
+        cv2.putText(img, line, (6, 14 + 14 * k), cv2.FONT_HERSHEY_PLAIN, 0.85, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     return img
 
 
