@@ -5,7 +5,10 @@ with side 1.5 x mean(w, h) (as at inference), then one round of augmentation on 
 +-45 deg, shift +-10 % of the side, scale 0.9-1.2, colour 0.6-1.4 per channel, synthetic
 occlusion (rectangles / ellipses of one random colour or of noise), blur or down-up-sampling
 (most AFLW storage crops are 120 px: the network must not expect one sharpness). The image is
-warped with BORDER_REFLECT101: black borders are a trap, benchmark photos never have them.
+warped with BORDER_REFLECT101: black borders are a trap, benchmark photos never have them. Some
+storage images (UTKFace: a face pasted in a black canvas, corners of rotated alignments) carry
+black borders themselves: `remove_black_canvas` trims the all-black margin and fills the
+remaining near-black regions that touch the border with blurred neighbouring content first.
 The target's x, y go through the same similarity, z is multiplied by its scale and shifted so
 the face's minimum z is 0; texels outside the network's range [-76.8, 332.8] px are clamped and
 get weight 0, as do texels where the target is undefined (NaN, outside the face mask).
@@ -47,6 +50,11 @@ class AugmentSettings:
 
 NO_AUGMENTATION = AugmentSettings(enabled=False)
 
+BLACK_LEVEL = 12
+"""Pixels whose channels are all at or below this (JPEG noise on black) count as canvas."""
+MIN_CANVAS_FRACTION = 0.01
+"""Border-connected black regions smaller than this fraction of the image are left alone."""
+
 
 @dataclass(frozen=True, eq=False)
 class TrainingSample:
@@ -86,7 +94,10 @@ def make_sample(
     the face; box: (4,) tight 68-landmark box, storage px; face_mask / weight_mask: the layout's.
     Inputs are not modified."""
     transform = sample_crop_transform(box, rng, settings, resolution)
-    crop = cv2.warpAffine(image_rgb, transform.matrix, (resolution, resolution),
+    content, offset = remove_black_canvas(image_rgb)
+    matrix = transform.matrix.copy()  # crop_from_content = crop_from_storage o shift(offset)
+    matrix[:, 2] += matrix[:, :2] @ offset
+    crop = cv2.warpAffine(content, matrix, (resolution, resolution),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if settings.enabled:
         crop = augment_pixels(crop, rng, settings)
@@ -104,6 +115,44 @@ def make_sample(
     weights = np.where(valid & in_range, weight_mask, 0.0).astype(np.float32)
     target = np.clip(np.nan_to_num(target, nan=0.0), POSITION_MIN_PX, POSITION_MAX_PX)
     return TrainingSample(crop, target.astype(np.float32), weights, transform)
+
+
+def remove_black_canvas(image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(content image, (2,) float64 offset x, y of its pixel (0, 0) in the input, px).
+
+    Trims rows and columns that are entirely black (<= BLACK_LEVEL), then replaces near-black
+    regions connected to the border (alignment wedges) by a normalised Gaussian blur of the
+    other pixels, so that BORDER_REFLECT101 and the crop see photo-like content. An image
+    without black margins is returned unchanged (the same array)."""
+    dark = image_rgb.max(axis=-1) <= BLACK_LEVEL
+    rows, cols = np.flatnonzero(~dark.all(axis=1)), np.flatnonzero(~dark.all(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return image_rgb, np.zeros(2)
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    h, w = dark.shape
+    seam = 2  # where a margin was trimmed, its JPEG-blurred edge goes too
+    y0, x0 = y0 + seam * (y0 > 0), x0 + seam * (x0 > 0)
+    y1, x1 = y1 - seam * (y1 < h), x1 - seam * (x1 < w)
+    if y1 - y0 < 8 or x1 - x0 < 8:
+        return image_rgb, np.zeros(2)
+    content, dark = image_rgb[y0:y1, x0:x1], dark[y0:y1, x0:x1]
+    offset = np.array([x0, y0], dtype=np.float64)
+    if not dark.any():
+        return content, offset
+    _, labels = cv2.connectedComponents(dark.astype(np.uint8), connectivity=8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    canvas = np.isin(labels, edge[edge > 0])
+    if canvas.sum() < MIN_CANVAS_FRACTION * canvas.size:
+        return content, offset
+    # also the anti-aliased / JPEG-ringing seam between canvas and photo
+    canvas = cv2.dilate(canvas.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2) > 0
+    keep = (~canvas).astype(np.float32)
+    sigma = 0.08 * max(content.shape[:2])
+    total = cv2.GaussianBlur(content.astype(np.float32) * keep[..., None], (0, 0), sigma)
+    weight = cv2.GaussianBlur(keep, (0, 0), sigma)[..., None]
+    filled = total / np.maximum(weight, 1e-3)
+    out = np.where(canvas[..., None], filled, content).clip(0, 255).astype(np.uint8)
+    return out, offset
 
 
 def augment_pixels(crop: np.ndarray, rng: np.random.Generator, s: AugmentSettings) -> np.ndarray:

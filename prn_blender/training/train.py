@@ -133,13 +133,17 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return {"torch": torch.get_rng_state()}
 
 
-def _truncate_csv(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+def _truncate_csv(path: Path, last_step: int, header: list[str] | None = None) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be redone). A log
+    with another header (older trainer version) is moved aside to `<name>.old.csv`."""
     if not path.is_file():
         return
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
+        return
+    if header is not None and rows[0] != header:
+        os.replace(path, path.with_suffix(".old.csv"))
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
     with open(path, "w", newline="") as fh:
@@ -220,9 +224,10 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         epoch, position, step = int(state["epoch"]), int(state["position"]), int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
+        if "rng" in state:  # absent in checkpoints of the first trainer version
+            torch.set_rng_state(state["rng"]["torch"])
     train_model = ctx.wrap(model)
-    landmark_texels = torch.from_numpy(np.asarray(layout.landmark_texels, np.float32))
+    landmark_texels = torch.from_numpy(np.array(layout.landmark_texels, np.float32))
 
     n = len(dataset)
     global_batch = config.batch * ctx.world_size
@@ -234,7 +239,7 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     if ctx.is_main:
         config.out.mkdir(parents=True, exist_ok=True)
         if state is not None:
-            _truncate_csv(log_path, step)
+            _truncate_csv(log_path, step, LOG_HEADER)
             _truncate_csv(eval_path, step)
         run_info = {**{k: str(v) for k, v in asdict(config).items()},
                     "world_size": ctx.world_size, "effective_batch": global_batch,

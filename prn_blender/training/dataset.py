@@ -1,0 +1,85 @@
+"""torch side of the training data: shards -> augmented (image, target, weights) batches.
+
+Determinism (exact resume): the sample order of epoch e is a permutation seeded by (seed, e),
+and the augmentation of sample i in epoch e is seeded by (seed, e, i), so a batch depends only
+on (seed, epoch, position in the epoch), not on workers, world size or what ran before.
+
+Distributed: `ResumableBatchSampler` plays the role of `DistributedSampler` (disjoint
+per-rank subsets of the same permutation, `set_epoch`-like construction per epoch) and also
+starts mid-epoch: each global batch of `batch x world` consecutive samples of the epoch's
+permutation is split into `world` disjoint slices of `batch`, rank r taking slice r. The
+position in the epoch is counted in global samples, so a run can resume with another world
+size. The last partial global batch of an epoch is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..core.layout import UVLayout
+from .augment import AugmentSettings, make_sample
+from .shards import ShardDataset
+
+
+class ShardSamples(torch.utils.data.Dataset):
+    """Item (epoch, index) -> (image (3, R, R) float32 RGB in [0, 1], target (3, R, R) float32
+    crop pixels, weights (R, R) float32). A pure function of (seed, epoch, index)."""
+
+    def __init__(self, shards: Path | ShardDataset, layout: UVLayout, seed: int,
+                 augment: AugmentSettings) -> None:
+        self.shards = shards if isinstance(shards, ShardDataset) else ShardDataset(shards)
+        self.face_mask = layout.face_mask
+        self.weight_mask = layout.weight_mask.astype(np.float32)
+        self.resolution = int(layout.resolution)
+        self.seed = int(seed)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+        epoch, index = key
+        stored = self.shards[index]
+        bgr = cv2.imdecode(np.frombuffer(stored.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"shard face '{stored.source}/{stored.name}' has unreadable JPEG")
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        sample = make_sample(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stored.position_map,
+                             stored.box, self.face_mask, self.weight_mask, rng, self.augment,
+                             self.resolution)
+        image = torch.from_numpy(sample.crop).permute(2, 0, 1).float().div_(255.0)
+        target = torch.from_numpy(sample.target_px).permute(2, 0, 1).contiguous()
+        return image, target, torch.from_numpy(sample.weights)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of sample indices for one epoch (same on every rank)."""
+    return np.random.default_rng([int(seed), int(epoch), 7]).permutation(n)
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """Batches of (epoch, index) keys: this rank's slice of each global batch of one epoch,
+    from global sample position `start` (a multiple of nothing in particular: any position)."""
+
+    def __init__(self, n: int, batch: int, seed: int, epoch: int, start: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world of {world}")
+        self.n, self.batch, self.seed, self.epoch = n, batch, seed, epoch
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.n, self.seed, self.epoch)
+        global_batch = self.batch * self.world
+        for pos in range(self.start, self.n - global_batch + 1, global_batch):
+            mine = order[pos + self.rank * self.batch : pos + (self.rank + 1) * self.batch]
+            yield [(self.epoch, int(i)) for i in mine]
+
+    def __len__(self) -> int:
+        return max(0, (self.n - self.start) // (self.batch * self.world))
