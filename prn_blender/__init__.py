@@ -14,10 +14,21 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# Legacy add-on metadata (Blender < 4.2 style installs); extensions read blender_manifest.toml.
+bl_info = {
+    "name": "PRN Face from Photo",
+    "author": "prn-blender developers",
+    "version": (0, 1, 0),
+    "blender": (4, 2, 0),
+    "location": "File > Import > Face from Photo; 3D Viewport > Sidebar > PRN",
+    "description": "Reconstruct a textured 3D face mesh from one photo (PRNet)",
+    "category": "Import-Export",
+}
+
 _LAZY = {
     "Reconstructor": ("prn_blender.inference.reconstructor", "Reconstructor"),
-    "FaceResult": ("prn_blender.inference.reconstructor", "FaceResult"),
-    "ReconstructOptions": ("prn_blender.inference.reconstructor", "ReconstructOptions"),
+    "FaceResult": ("prn_blender.core.result", "FaceResult"),
+    "ReconstructOptions": ("prn_blender.core.options", "ReconstructOptions"),
 }
 
 

@@ -1,0 +1,496 @@
+"""Operators: Reconstruct Face (File > Import > Face from Photo, sidebar 'PRN'), cancel, check
+the worker, create the worker environment.
+
+The network runs in a worker process (inference/worker.py) through one `WorkerClient` per
+Blender session (module registry below, restarted when dead or when the preferences change).
+`ReconstructionBatch` runs the photos' jobs on a background thread; with an event loop the
+operator polls it from a window-manager timer (progress in the status bar, ESC or the Cancel
+button stops it), headless (`bpy.app.background`: timers never fire) `execute()` waits for it.
+Faces are built into the scene only when every job has finished, in the operator's last call,
+so one undo step removes them all.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
+from bpy_extras.io_utils import ImportHelper
+
+from ..core.options import FaceSelection, ReconstructOptions
+from ..core.result import FaceResult
+from ..errors import CancelledError, PhotoError, PrnError, WorkerError
+from ..inference.client import WorkerClient
+from . import preferences, scene, worker_env
+
+IMAGE_GLOB = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
+IMAGE_EXTENSIONS = frozenset(e[1:] for e in IMAGE_GLOB.replace("*", "").split(";"))
+POLL_INTERVAL_S = 0.1
+
+FACE_ITEMS = (
+    (FaceSelection.LARGEST.value, "Largest", "Only the largest face in each photo"),
+    (FaceSelection.ALL.value, "All", "Every face found, one object each"),
+)
+POSE_ITEMS = (
+    ("PHOTO", "Photo Pose", "Keep the head pose seen in the photo (overlays the photo)"),
+    ("FRONTAL", "Frontal", "Undo the head rotation: the face looks along -Y, upright"),
+)
+RESOLUTION_ITEMS = (
+    ("1", "Full", "Every texel of the 256 x 256 map: about 40k vertices"),
+    ("2", "Half", "Every second texel: about 10k vertices"),
+    ("4", "Quarter", "Every fourth texel: about 2.5k vertices"),
+)
+
+
+# ---------------------------------------------------------------------------- worker client
+_CLIENT: WorkerClient | None = None
+_CLIENT_KEY: tuple | None = None
+
+
+def client_settings(context: bpy.types.Context | None = None) -> dict:
+    """WorkerClient arguments from the preferences (defaults when the add-on is not enabled)."""
+    prefs = preferences.addon_preferences(context)
+    python = bpy.path.abspath(prefs.python_path) if prefs and prefs.python_path else None
+    weights = bpy.path.abspath(prefs.weights_path) if prefs and prefs.weights_path else None
+    return {
+        "python": python or worker_env.default_python(),
+        "device": prefs.device if prefs else "auto",
+        "weights": weights,
+    }
+
+
+def get_client(context: bpy.types.Context | None = None) -> WorkerClient:
+    """The session's worker client, replaced when the preferences changed or it died (the
+    worker itself starts on the first job)."""
+    global _CLIENT, _CLIENT_KEY
+    settings = client_settings(context)
+    key = tuple(sorted(settings.items()))
+    if _CLIENT is not None and (key != _CLIENT_KEY or (_CLIENT.info and not _CLIENT.is_alive())):
+        shutdown_client()
+    if _CLIENT is None:
+        _CLIENT = WorkerClient(**settings)
+        _CLIENT_KEY = key
+    return _CLIENT
+
+
+def shutdown_client() -> None:
+    """Stop the session's worker (unregister, preference changes, tests)."""
+    global _CLIENT, _CLIENT_KEY
+    if _CLIENT is not None:
+        _CLIENT.shutdown()
+    _CLIENT, _CLIENT_KEY = None, None
+
+
+# ---------------------------------------------------------------------------- batch of jobs
+@dataclass
+class PhotoOutcome:
+    """What one photo gave: faces, or the error to report."""
+
+    photo: str
+    faces: list[FaceResult] = field(default_factory=list)
+    error: PrnError | None = None
+    info: dict = field(default_factory=dict)
+
+
+class ReconstructionBatch:
+    """Reconstructs photos one after another on a background thread (starting the worker may
+    take seconds: never on Blender's main thread). `poll` and `cancel` never block."""
+
+    def __init__(self, client: WorkerClient, photos: list[str],
+                 options: ReconstructOptions) -> None:
+        self.client = client
+        self.photos = list(photos)
+        self.options = options
+        self.outcomes: list[PhotoOutcome] = []
+        self.cancelled = False
+        self.fatal: PrnError | None = None
+        """A worker-level failure (start-up, crash): stops the batch."""
+        self._job = None
+        self._lock = threading.Lock()
+        self._message = "Starting the worker"
+        self._thread = threading.Thread(target=self._run, name="prn-batch", daemon=True)
+
+    def start(self) -> ReconstructionBatch:
+        self._thread.start()
+        return self
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the batch ends (headless path); True if it ended."""
+        self._thread.join(timeout_s)
+        return self.finished
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            job = self._job
+        if job is not None:
+            job.cancel()
+
+    def poll(self) -> tuple[float, str]:
+        """(fraction 0..1 over all photos, status text)."""
+        with self._lock:
+            job, done = self._job, len(self.outcomes)
+            message = self._message
+        fraction = 0.0
+        if job is not None:
+            status = job.poll()
+            fraction, message = status.progress, status.message or message
+        total = max(len(self.photos), 1)
+        name = Path(self.photos[min(done, total - 1)]).name if self.photos else ""
+        return (done + fraction) / total, f"{name}: {message}" if name else message
+
+    def _run(self) -> None:
+        try:
+            if not self.cancelled:
+                self.client.start()
+            for photo in self.photos:
+                if self.cancelled:
+                    break
+                outcome = PhotoOutcome(photo)
+                job = self.client.submit(photo, self.options)
+                with self._lock:
+                    self._job = job
+                    if self.cancelled:
+                        job.cancel()
+                try:
+                    outcome.faces = job.result()
+                    outcome.info = dict(job.info)
+                except CancelledError:
+                    if self.cancelled:
+                        break
+                    raise WorkerError("The worker dropped the job; run it again.") from None
+                except WorkerError:
+                    raise
+                except PrnError as error:  # this photo only (no face, unreadable...)
+                    outcome.error = error
+                with self._lock:
+                    self._job = None
+                    self.outcomes.append(outcome)
+        except PrnError as error:
+            self.fatal = error
+        except Exception as error:  # a bug: keep the traceback, tell the artist
+            traceback.print_exc()
+            self.fatal = WorkerError(f"Internal error ({type(error).__name__}: {error}); see the "
+                                     "system console.")
+        finally:
+            with self._lock:
+                self._job = None
+
+
+# ---------------------------------------------------------------------------- operators
+_ACTIVE_BATCH: ReconstructionBatch | None = None
+"""The batch a modal Reconstruct Face runs (the Cancel button and the panel use it)."""
+
+
+def active_batch() -> ReconstructionBatch | None:
+    return _ACTIVE_BATCH
+
+
+def photo_paths(filepath: str, directory: str, files: list[str]) -> list[str]:
+    """Absolute photo paths from the file browser's selection (multi-file) or `filepath`."""
+    names = [name for name in files if name]
+    if names and directory:
+        return [os.path.join(bpy.path.abspath(directory), name) for name in names]
+    return [bpy.path.abspath(filepath)] if filepath else []
+
+
+def check_photo(path: str) -> None:
+    """Fail fast, before starting any worker, for paths that cannot be photos."""
+    if not os.path.isfile(path):
+        raise PhotoError(f"The photo '{path}' does not exist. Choose an existing image file.")
+    if Path(path).suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
+        raise PhotoError(f"'{Path(path).name}' is not a supported image "
+                         f"({IMAGE_GLOB.replace('*', '')}). Choose a photo.")
+
+
+def face_names(photo: str, count: int) -> list[str]:
+    """Object names: the photo's name, then '<name>_face2', ... for further faces."""
+    stem = scene.photo_stem(photo)
+    return [stem if i == 0 else f"{stem}_face{i + 1}" for i in range(count)]
+
+
+class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
+    """Reconstruct a textured 3D face mesh (with 68 landmarks) from each chosen photo"""
+
+    bl_idname = "prn.reconstruct_face"
+    bl_label = "Face from Photo"
+    bl_description = "Reconstruct textured 3D faces with landmarks from photos (PRNet)"
+    bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012 (Blender reads a set)
+
+    filter_glob: StringProperty(default=IMAGE_GLOB, options={"HIDDEN"})
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    files: CollectionProperty(
+        name="Photos", description="Photos to reconstruct (several may be selected)",
+        type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+
+    texture_size: IntProperty(
+        name="Texture Size",
+        description="Side of the face texture sampled from the photo, in pixels "
+                    "(default: the add-on preference)",
+        default=1024, min=256, max=4096, subtype="PIXEL")
+    faces: EnumProperty(
+        name="Faces", description="Which faces to reconstruct when a photo shows several",
+        items=FACE_ITEMS, default=FaceSelection.LARGEST.value)
+    occlusion_mask: BoolProperty(
+        name="Occlusion Mask",
+        description="Black out texture areas the camera could not see (instead of smearing "
+                    "the photo), and add the visibility mask as an image node",
+        default=False)
+    landmarks: BoolProperty(
+        name="Landmark Empties",
+        description="Add 68 empties named by landmark (jaw, brows, nose, eyes, mouth), "
+                    "parented to the face",
+        default=True)
+    pose: EnumProperty(
+        name="Pose", description="Keep the head pose of the photo or turn the face frontal",
+        items=POSE_ITEMS, default="PHOTO")
+    add_camera: BoolProperty(
+        name="Add Camera",
+        description="Add an orthographic camera with the photo as background, matching the "
+                    "estimated pose, and make it the scene camera",
+        default=True)
+    mesh_resolution: EnumProperty(
+        name="Mesh Resolution", description="Vertex density of the face mesh",
+        items=RESOLUTION_ITEMS, default="1")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        for name in ("texture_size", "faces", "occlusion_mask", "landmarks", "pose",
+                     "add_camera", "mesh_resolution"):
+            layout.prop(self, name)
+
+    def reconstruct_options(self, context: bpy.types.Context) -> ReconstructOptions:
+        texture_size = self.texture_size
+        prefs = preferences.addon_preferences(context)
+        if prefs is not None and not self.properties.is_property_set("texture_size"):
+            texture_size = prefs.texture_size
+        return ReconstructOptions(faces=FaceSelection(self.faces), texture_size=texture_size,
+                                  occlusion_mask=self.occlusion_mask)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        global _ACTIVE_BATCH
+        photos = photo_paths(self.filepath, self.directory, [f.name for f in self.files])
+        if not photos:
+            self.report({"ERROR"}, "No photo chosen. Pick one or more image files.")
+            return {"CANCELLED"}
+        try:
+            for photo in photos:
+                check_photo(photo)
+            if _ACTIVE_BATCH is not None and not _ACTIVE_BATCH.finished:
+                raise WorkerError("A reconstruction is already running; wait for it or cancel "
+                                  "it (Esc, or Cancel in the PRN sidebar tab).")
+            options = self.reconstruct_options(context)
+            batch = ReconstructionBatch(get_client(context), photos, options)
+        except (PrnError, ValueError) as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        batch.start()
+        if bpy.app.background or context.window is None:
+            batch.wait()  # no event loop: timers would never fire
+            return self.finish(context, batch)
+        _ACTIVE_BATCH = batch
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 100)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        batch = _ACTIVE_BATCH
+        if batch is None:
+            return self._end_modal(context, {"CANCELLED"})
+        if event.type == "ESC" and event.value == "PRESS":
+            batch.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        fraction, message = batch.poll()
+        context.window_manager.progress_update(int(100 * fraction))
+        if context.workspace is not None:
+            context.workspace.status_text_set(
+                f"PRN: {message} ({100 * fraction:.0f} %). Esc to cancel")
+        for area in context.screen.areas if context.screen else ():
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+        if not batch.finished:
+            return {"RUNNING_MODAL"}
+        return self._end_modal(context, self.finish(context, batch))
+
+    def _end_modal(self, context: bpy.types.Context, result: set[str]) -> set[str]:
+        global _ACTIVE_BATCH
+        _ACTIVE_BATCH = None
+        wm = context.window_manager
+        if getattr(self, "_timer", None) is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        return result
+
+    def finish(self, context: bpy.types.Context, batch: ReconstructionBatch) -> set[str]:
+        """Build every face of a finished batch (all or nothing) and report."""
+        if batch.cancelled:
+            self.report({"WARNING"}, "Face reconstruction cancelled; nothing was added.")
+            return {"CANCELLED"}
+        if batch.fatal is not None:
+            self.report({"ERROR"}, str(batch.fatal))
+            return {"CANCELLED"}
+        failures = [o for o in batch.outcomes if o.error is not None]
+        successes = [o for o in batch.outcomes if o.error is None and o.faces]
+        for outcome in failures:
+            level = "ERROR" if not successes else "WARNING"
+            self.report({level}, str(outcome.error))
+        if not successes:
+            if not failures:
+                self.report({"ERROR"}, "No face was reconstructed. Try a closer, frontal photo.")
+            return {"CANCELLED"}
+        try:
+            built = self.build(context, successes)
+        except Exception as error:  # a bug: the scene is already rolled back
+            traceback.print_exc()
+            self.report({"ERROR"}, f"Building the face failed ({type(error).__name__}: "
+                                   f"{error}); nothing was added. See the system console.")
+            return {"CANCELLED"}
+        if any(o.info.get("trained") is False for o in successes):
+            self.report({"WARNING"}, "The worker's weights are untrained: the shapes are "
+                                     "meaningless. Choose trained weights in the preferences.")
+        names = ", ".join(obj.name for obj in built)
+        self.report({"INFO"}, f"Reconstructed {len(built)} face(s): {names}")
+        return {"FINISHED"}
+
+    def build(self, context: bpy.types.Context, outcomes: list[PhotoOutcome]) -> list:
+        """All faces into the scene; on any failure the faces built so far are removed."""
+        built: list[bpy.types.Object] = []
+        try:
+            for outcome in outcomes:
+                for result, name in zip(outcome.faces, face_names(outcome.photo,
+                                                                  len(outcome.faces)),
+                                        strict=True):
+                    built.append(scene.build_face_object(
+                        result, name, landmarks=self.landmarks, camera=self.add_camera,
+                        photo_path=outcome.photo, frontal=self.pose == "FRONTAL",
+                        stride=int(self.mesh_resolution), scene=context.scene))
+        except BaseException:
+            for obj in built:
+                scene.remove_face_object(obj)
+            raise
+        for obj in context.view_layer.objects.selected:
+            obj.select_set(False)
+        for obj in built:
+            obj.select_set(True)
+        context.view_layer.objects.active = built[-1]
+        camera = scene.face_camera(built[0]) if self.add_camera else None
+        if camera is not None:
+            scene.set_scene_camera(context.scene, camera)
+        if not bpy.app.background and context.screen is not None:
+            for area in context.screen.areas:
+                if area.type == "VIEW_3D":
+                    for space in area.spaces:
+                        if space.type == "VIEW_3D":
+                            space.shading.type = "MATERIAL"
+        return built
+
+
+class PRN_OT_cancel_reconstruction(bpy.types.Operator):
+    """Stop the running face reconstruction; nothing is added to the scene"""
+
+    bl_idname = "prn.cancel_reconstruction"
+    bl_label = "Cancel"
+    bl_options = {"INTERNAL"}  # noqa: RUF012 (Blender reads a set)
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _ACTIVE_BATCH is not None and not _ACTIVE_BATCH.finished
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if _ACTIVE_BATCH is not None:
+            _ACTIVE_BATCH.cancel()
+        return {"FINISHED"}
+
+
+class PRN_OT_check_worker(bpy.types.Operator):
+    """Start the worker if needed and report its interpreter, torch version, device and
+    weights"""
+
+    bl_idname = "prn.check_worker"
+    bl_label = "Check Worker"
+    bl_options = {"INTERNAL"}  # noqa: RUF012 (Blender reads a set)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            client = get_client(context)
+            info = client.start()
+        except PrnError as error:
+            preferences.worker_check_text[:] = [str(error)[:200]]
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        lines = [
+            f"Python: {info.get('python')}",
+            f"torch {info.get('torch')}, OpenCV {info.get('opencv')}, device {info.get('device')}",
+            f"Weights: {info.get('weights')} ({'trained' if info.get('trained') else 'UNTRAINED'})",
+        ]
+        preferences.worker_check_text[:] = lines
+        self.report({"INFO"}, " | ".join(lines))
+        return {"FINISHED"}
+
+
+class PRN_OT_create_worker_env(bpy.types.Operator):
+    """Create a virtual environment for the worker and install torch and OpenCV into it with
+    pip (downloads about 1 GB; needs online access)"""
+
+    bl_idname = "prn.create_worker_env"
+    bl_label = "Create Worker Environment"
+    bl_options = {"INTERNAL"}  # noqa: RUF012 (Blender reads a set)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        prefs = preferences.addon_preferences(context)
+        base = (bpy.path.abspath(prefs.base_python) if prefs and prefs.base_python
+                else worker_env.default_base_python())
+        device = prefs.device if prefs else "auto"
+        try:
+            installer = worker_env.start_install(base, bpy.app.online_access,
+                                                 cpu_only=device != "cuda")
+        except PrnError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        bpy.app.timers.register(lambda: _watch_install(installer), first_interval=0.5)
+        self.report({"INFO"}, f"Installing the worker environment in {installer.venv_dir}")
+        return {"FINISHED"}
+
+
+def _watch_install(installer: worker_env.WorkerEnvInstaller) -> float | None:
+    """Timer: redraw the preferences while installing; point the preference at the new venv."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "PREFERENCES":
+                area.tag_redraw()
+    if installer.state.running:
+        return 0.5
+    prefs = preferences.addon_preferences()
+    if prefs is not None and installer.state.python and not installer.state.error:
+        prefs.python_path = installer.state.python
+    return None
+
+
+def menu_func_import(self: bpy.types.Menu, context: bpy.types.Context) -> None:
+    self.layout.operator(PRN_OT_reconstruct_face.bl_idname, text="Face from Photo")
+
+
+classes = (
+    PRN_OT_reconstruct_face,
+    PRN_OT_cancel_reconstruction,
+    PRN_OT_check_worker,
+    PRN_OT_create_worker_env,
+)

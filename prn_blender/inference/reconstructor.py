@@ -1,0 +1,232 @@
+"""In-process reconstruction: photo -> faces -> crops -> PRNet -> textured meshes + landmarks.
+
+    from prn_blender import Reconstructor
+    faces = Reconstructor().reconstruct("photo.jpg")      # list[FaceResult], largest first
+
+Pipeline (DESIGN.md sections 0 and 3): load the photo (core.photo) -> detect faces
+(inference.detect, or the caller's tight 68-landmark boxes) -> each detector box mapped to the
+tight landmark box -> crop (`crop_from_box(box, LANDMARK_BOX)`, the training crop) -> PRNet ->
+uncrop -> optional refinement (re-crop from the tight box of the predicted 68 landmarks, the box
+the network was trained on, and run again) -> mesh, UVs, texture, visibility, landmarks, pose.
+All faces of one pass run as one batch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..core.crop import LANDMARK_BOX, CropTransform, crop_from_box, uncrop_position_map
+from ..core.crop import warp_photo_to_crop as _warp
+from ..core.geometry import landmarks_from_position_map, mesh_uvs, position_map_to_vertices
+from ..core.layout import UVLayout, load_layout
+from ..core.options import FaceSelection, ReconstructOptions
+from ..core.photo import as_rgb_uint8, load_photo
+from ..core.pose import estimate_pose
+from ..core.result import FaceResult
+from ..core.texture import sample_texture, visibility_mask
+from ..errors import NoFaceFoundError, PhotoError
+from ..net.device import configure_threads
+from ..net.weights import WeightsInfo, default_weights_path, load_prnet
+from .detect import REFINE_TO_LANDMARKS, detect_faces
+
+__all__ = ["FaceResult", "ReconstructOptions", "Reconstructor", "UntrainedWeightsWarning"]
+
+ProgressCallback = Callable[[float, str], None]
+"""progress(fraction 0..1, what is happening); may raise CancelledError to stop the job."""
+
+REFINE_MAX_SIDE_CHANGE = 2.0
+"""The refinement pass is kept only if its box side is within this factor of the first box and
+its centre within half a side of it (guards against a network that missed the face)."""
+MIN_FACE_BOX_PX = 4.0
+
+
+class UntrainedWeightsWarning(UserWarning):
+    """The weights file holds an untrained network: every result is meaningless."""
+
+
+class Reconstructor:
+    """Holds the network (loaded once) and the UV layout.
+
+    weights: a .safetensors file or its folder; None = the installed weights (raises
+    WeightsError naming the training command when there are none). device: "auto" (CUDA >
+    MPS > CPU), "cpu", "cuda", "mps". layout: a UVLayout or its .npz path (None = shipped).
+    threads: torch CPU threads (process-wide; None = torch's default). allow_untrained: accept
+    an untrained weights file (tests, smoke runs) with a loud UntrainedWeightsWarning and
+    `trained` False; False refuses it with a WeightsError."""
+
+    def __init__(
+        self, weights: str | os.PathLike[str] | None = None, device: str = "auto",
+        layout: UVLayout | str | os.PathLike[str] | None = None, threads: int | None = None,
+        *, allow_untrained: bool = True,
+    ) -> None:
+        self.layout = layout if isinstance(layout, UVLayout) else load_layout(layout)
+        configure_threads(threads)
+        self.weights_path: Path = default_weights_path(weights)
+        self.model, self.weights_info = load_prnet(
+            self.weights_path, device, expected_layout_id=self.layout.layout_id,
+            allow_untrained=allow_untrained,
+        )
+        self.device: torch.device = next(self.model.parameters()).device
+        self._uvs = mesh_uvs(self.layout)
+        if not self.trained:
+            warnings.warn(
+                f"UNTRAINED WEIGHTS: '{self.weights_path.name}' holds an untrained network; "
+                "every mesh and landmark it produces is meaningless. Use it for plumbing tests "
+                "only; train real weights with `python -m prn_blender.training train`.",
+                UntrainedWeightsWarning, stacklevel=2,
+            )
+
+    @property
+    def trained(self) -> bool:
+        """False when the weights file says its network was never trained."""
+        return bool(self.weights_info.trained)
+
+    @property
+    def device_name(self) -> str:
+        """"cpu", "cuda" or "mps"."""
+        return self.device.type
+
+    @property
+    def info(self) -> WeightsInfo:
+        return self.weights_info
+
+    def warm_up(self) -> None:
+        """One forward pass on a blank crop, so the first real photo does not pay for kernel
+        selection and memory setup."""
+        r = self.layout.resolution
+        self._forward(np.zeros((1, r, r, 3), dtype=np.uint8))
+
+    # ------------------------------------------------------------------ public
+    def reconstruct(
+        self, image: str | os.PathLike[str] | np.ndarray,
+        boxes: Sequence[Sequence[float]] | None = None,
+        options: ReconstructOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[FaceResult]:
+        """Faces of one photo. image: a path or an (H, W, 3) uint8 RGB array. boxes: tight
+        68-landmark boxes (x0, y0, x1, y1) in photo pixels (skips detection; every box is
+        reconstructed, in the given order); None = `options.boxes`, else detect (largest face
+        first; `options.faces` chooses the largest or all). Raises PhotoError,
+        NoFaceFoundError, CancelledError (from `progress`)."""
+        options = options or ReconstructOptions()
+        report = progress or (lambda fraction, message: None)
+        report(0.0, "Reading the photo")
+        if isinstance(image, str | os.PathLike):
+            name = Path(image).name
+            photo = load_photo(image)
+        else:
+            name = "the image"
+            photo = as_rgb_uint8(image, "image")
+        if boxes is None:
+            boxes = options.boxes
+        if boxes is not None:
+            tight = [_checked_box(box, photo.shape, name) for box in boxes]
+        else:
+            report(0.1, "Detecting faces")
+            detections = detect_faces(photo, options.detector, options.yunet_model,
+                                      all_faces=options.faces == FaceSelection.ALL)
+            if not detections:
+                raise NoFaceFoundError(
+                    f"No face found in '{name}'. Use a photo where the face is clearly visible, "
+                    "at least about 60 pixels wide and not cut off by the frame; or draw a face "
+                    "box; or try the YuNet detector, which finds more turned faces.")
+            tight = [d.box for d in detections]
+            if options.faces == FaceSelection.LARGEST:
+                tight = tight[:1]
+        if not tight:
+            return []
+        report(0.3, f"Reconstructing {len(tight)} face{'s' if len(tight) > 1 else ''}")
+        maps = self._predict(photo, tight)
+        if options.refine:
+            report(0.5, "Refining the crop from the face's landmarks")
+            refined = [self._refined_box(pm, box) for pm, box in zip(maps, tight, strict=True)]
+            redo = [i for i, box in enumerate(refined) if box is not None]
+            if redo:
+                again = self._predict(photo, [refined[i] for i in redo])
+                for i, pm in zip(redo, again, strict=True):
+                    maps[i], tight[i] = pm, refined[i]
+        results = []
+        for index, (pm, box) in enumerate(zip(maps, tight, strict=True)):
+            report(0.6 + 0.35 * index / len(maps), "Sampling the texture")
+            results.append(self._result(photo, pm, box, options))
+        report(0.95, "Done")
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
+        """(N, R, R, 3) uint8 RGB crops -> (N, R, R, 3) float32 position maps, crop px."""
+        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self.model(x)
+        return y.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _predict(self, photo: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """Position maps in photo pixels, one per tight box."""
+        transforms: list[CropTransform] = [
+            crop_from_box(box, LANDMARK_BOX, self.layout.resolution) for box in boxes]
+        # Reflected borders, as in training: crops never show black edges.
+        crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in transforms])
+        maps = self._forward(crops)
+        return [uncrop_position_map(pm, t) for pm, t in zip(maps, transforms, strict=True)]
+
+    def _refined_box(self, position_map: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """Tight box of the predicted 68 landmarks (through REFINE_TO_LANDMARKS), or None when
+        it is not plausible next to the first box."""
+        lm = landmarks_from_position_map(position_map, self.layout)[:, :2]
+        if not np.isfinite(lm).all():
+            return None
+        new = REFINE_TO_LANDMARKS.apply(np.array([*lm.min(axis=0), *lm.max(axis=0)]))
+        side_old = _side(box)
+        side_new = _side(new)
+        shift = np.hypot(*((new[:2] + new[2:]) - (box[:2] + box[2:])) / 2.0)
+        if not (side_new >= MIN_FACE_BOX_PX
+                and 1 / REFINE_MAX_SIDE_CHANGE <= side_new / side_old <= REFINE_MAX_SIDE_CHANGE
+                and shift <= 0.5 * side_old):
+            return None
+        return new
+
+    def _result(self, photo: np.ndarray, pm: np.ndarray, box: np.ndarray,
+                options: ReconstructOptions) -> FaceResult:
+        layout = self.layout
+        vertices = position_map_to_vertices(pm, layout)
+        texture = sample_texture(photo, pm, layout, options.texture_size)
+        mask = (visibility_mask(pm, layout, photo.shape, options.texture_size)
+                if options.occlusion_mask else None)
+        return FaceResult(
+            vertices=vertices,
+            triangles=layout.triangles,
+            uvs=self._uvs,
+            texture=texture,
+            texture_mask=mask,
+            landmarks=landmarks_from_position_map(pm, layout).astype(np.float32),
+            pose=estimate_pose(vertices, layout),
+            box=np.asarray(box, dtype=np.float32),
+            position_map=np.asarray(pm, dtype=np.float32),
+            photo_size=(int(photo.shape[1]), int(photo.shape[0])),
+            layout_id=layout.layout_id,
+        )
+
+
+def _side(box: np.ndarray) -> float:
+    return float((box[2] - box[0] + box[3] - box[1]) / 2.0)
+
+
+def _checked_box(box: Sequence[float], shape: tuple[int, ...], name: str) -> np.ndarray:
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.shape != (4,) or not np.isfinite(b).all() or not (b[2] > b[0] and b[3] > b[1]):
+        raise PhotoError(f"The face box {tuple(box)} is not (x0, y0, x1, y1) with x1 > x0 and "
+                         "y1 > y0, in photo pixels. Redraw the box.")
+    h, w = shape[:2]
+    if b[2] < 0 or b[3] < 0 or b[0] > w - 1 or b[1] > h - 1:
+        raise PhotoError(f"The face box {tuple(np.round(b, 1))} lies outside '{name}' "
+                         f"({w} x {h} pixels). Redraw the box on the photo.")
+    return b

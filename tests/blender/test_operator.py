@@ -1,0 +1,241 @@
+"""bpy.ops.prn.reconstruct_face headless, end to end through the real WorkerClient.
+
+Most tests use a stand-in worker (fake_worker.py: the real protocol, a known FaceResult), so
+they check the operator's plumbing exactly and fast; the tests marked `needs_reconstructor`
+run the real worker with randomly initialised weights on real and synthetic photos.
+"""
+
+from __future__ import annotations
+
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prn_blender.core.frames import photo_to_blender
+from prn_blender.core.options import ReconstructOptions
+
+from ..conftest import SHARED_DATA, needs_shared
+from .conftest import PHOTO_SIZE, needs_reconstructor, render_synthetic_photo
+
+bpy = pytest.importorskip("bpy")
+from prn_blender.blender import operators, scene  # noqa: E402
+
+FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
+
+
+def counts() -> tuple[int, ...]:
+    d = bpy.data
+    return (len(d.objects), len(d.meshes), len(d.materials), len(d.images),
+            len(d.collections), len(d.cameras))
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A small real PNG (the stand-in worker does not read it)."""
+    path = tmp_path / "portrait.png"
+    path.write_bytes(scene.png_bytes(np.full((48, 64, 3), 90, dtype=np.uint8)))
+    return path
+
+
+@pytest.fixture
+def fake_worker(tmp_path, monkeypatch, synthetic_face):
+    """Point the preferences at the stand-in worker; returns a function setting its mode."""
+    result = tmp_path / "face.npz"
+    synthetic_face.save_npz(result)
+    wrapper = tmp_path / "fake-python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_WORKER}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("FAKE_WORKER_RESULTS", str(result))
+    prefs = bpy.context.preferences.addons["prn_blender"].preferences
+    saved = prefs.python_path
+    prefs.python_path = str(wrapper)
+    operators.shutdown_client()
+
+    def set_mode(mode: str) -> None:
+        monkeypatch.setenv("FAKE_WORKER_MODE", mode)
+        operators.shutdown_client()  # the mode is read when the worker starts
+
+    set_mode("")
+    yield set_mode
+    operators.shutdown_client()
+    prefs.python_path = saved
+
+
+def test_operator_builds_the_worker_result_like_the_api(fake_worker, photo, synthetic_face):
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
+    obj = bpy.data.objects["portrait"]
+    bpy.context.view_layer.update()
+    co = np.empty(len(obj.data.vertices) * 3, dtype=np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    world = co.reshape(-1, 3) + np.array(obj.location, dtype=np.float32)
+    centre = np.array([PHOTO_SIZE[0] / 2, PHOTO_SIZE[1] / 2, 0], dtype=np.float32)
+    expected = photo_to_blender(synthetic_face.vertices - centre, synthetic_face.metres_per_px)
+    np.testing.assert_allclose(world, expected, atol=1e-5)
+    assert len([c for c in obj.children if c.type == "EMPTY"]) == 68
+    assert obj["prn_photo"] == str(photo)
+    assert bpy.context.scene.camera == scene.face_camera(obj)
+    assert bpy.context.scene.render.resolution_x == PHOTO_SIZE[0]
+    assert bpy.context.view_layer.objects.active == obj
+    assert "portrait" in bpy.context.scene.collection.children
+
+
+def test_options_turn_off_landmarks_and_camera(fake_worker, photo):
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo), landmarks=False,
+                                        add_camera=False, mesh_resolution="2") == {"FINISHED"}
+    obj = bpy.data.objects["portrait"]
+    assert not obj.children
+    assert scene.face_camera(obj) is None
+    assert len(obj.data.vertices) < 20000
+
+
+def test_multi_file_selection_builds_one_object_per_photo(fake_worker, photo):
+    second = photo.with_name("second.png")
+    second.write_bytes(photo.read_bytes())
+    result = bpy.ops.prn.reconstruct_face(
+        directory=str(photo.parent), files=[{"name": photo.name}, {"name": second.name}])
+    assert result == {"FINISHED"}
+    assert {"portrait", "second"} <= set(bpy.data.objects.keys())
+
+
+def test_one_undo_step_removes_everything(fake_worker, photo):
+    before = counts()
+    bpy.ops.ed.undo_push(message="before")
+    # undo=True: push an undo step as the UI does (Python calls skip it by default).
+    assert bpy.ops.prn.reconstruct_face("EXEC_DEFAULT", True, filepath=str(photo)) == {
+        "FINISHED"}
+    assert counts() != before
+    bpy.ops.ed.undo()
+    assert counts() == before
+    assert "portrait" not in bpy.data.objects
+
+
+def test_missing_photo_reports_error_and_creates_nothing(fake_worker, tmp_path):
+    before = counts()
+    with pytest.raises(RuntimeError, match=r"does not exist\. Choose an existing image"):
+        bpy.ops.prn.reconstruct_face(filepath=str(tmp_path / "nobody.jpg"))
+    assert counts() == before
+
+
+def test_non_image_file_reports_error_and_creates_nothing(fake_worker, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    before = counts()
+    with pytest.raises(RuntimeError, match="is not a supported image"):
+        bpy.ops.prn.reconstruct_face(filepath=str(notes))
+    assert counts() == before
+
+
+def test_no_face_reports_the_workers_message(fake_worker, photo):
+    fake_worker("noface")
+    before = counts()
+    with pytest.raises(RuntimeError, match=r"No face found\. Try a closer photo"):
+        bpy.ops.prn.reconstruct_face(filepath=str(photo))
+    assert counts() == before
+
+
+def test_worker_crash_reports_error_and_creates_nothing(fake_worker, photo):
+    fake_worker("crash")
+    before = counts()
+    with pytest.raises(RuntimeError, match=r"worker exited \(code 7\)"):
+        bpy.ops.prn.reconstruct_face(filepath=str(photo))
+    assert counts() == before
+    fake_worker("")  # the next run restarts the worker
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
+
+
+def test_worker_that_cannot_start_reports_error(fake_worker, photo):
+    fake_worker("startup")
+    before = counts()
+    with pytest.raises(RuntimeError, match="stopped during start-up"):
+        bpy.ops.prn.reconstruct_face(filepath=str(photo))
+    assert counts() == before
+
+
+def test_cancel_stops_the_batch_and_nothing_is_built(fake_worker, photo):
+    fake_worker("slow")
+    batch = operators.ReconstructionBatch(
+        operators.get_client(), [str(photo)], ReconstructOptions()).start()
+    deadline = time.monotonic() + 20
+    while batch.poll()[0] <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fraction, message = batch.poll()
+    assert 0 < fraction < 1 and message.startswith("portrait.png: step")
+    batch.cancel()
+    assert batch.wait(5)
+    assert batch.cancelled and batch.outcomes == [] and batch.fatal is None
+
+
+def test_cancel_button_polls_only_while_a_batch_runs(fake_worker):
+    assert not bpy.ops.prn.cancel_reconstruction.poll()
+
+
+def test_check_worker_reports_interpreter_and_device(fake_worker):
+    from prn_blender.blender import preferences
+
+    assert bpy.ops.prn.check_worker() == {"FINISHED"}
+    text = " ".join(preferences.worker_check_text)
+    assert "torch fake" in text and "device cpu" in text and "UNTRAINED" in text
+
+
+# ----------------------------------------------------------------- real worker (untrained)
+@needs_reconstructor
+@needs_shared
+def test_real_photo_through_the_real_worker(addon_prefs):
+    photo = SHARED_DATA / "photos" / "astronaut_frontal.jpg"
+    before = counts()
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo), texture_size=256) == {"FINISHED"}
+    obj = bpy.data.objects["astronaut_frontal"]
+    assert len(obj.data.vertices) > 30000
+    assert len([c for c in obj.children if c.type == "EMPTY"]) == 68
+    assert obj["prn_pixels_per_metre"] > 0
+    assert counts() != before
+
+
+@needs_reconstructor
+def test_synthetic_rendered_face_through_the_real_worker(addon_prefs, tmp_path,
+                                                         synthetic_face):
+    """A face photo the test renders itself (the ICT neutral, shaded, with painted eyes, brows
+    and lips): detected, reconstructed (untrained weights: shape is arbitrary) and built."""
+    operators.shutdown_client()
+    path = render_synthetic_photo(synthetic_face, tmp_path / "rendered.png")
+    assert bpy.ops.prn.reconstruct_face(filepath=str(path), texture_size=256,
+                                        occlusion_mask=True) == {"FINISHED"}
+    obj = bpy.data.objects["rendered"]
+    assert len(obj.data.vertices) == len(synthetic_face.vertices)
+    assert len([c for c in obj.children if c.type == "EMPTY"]) == 68
+    nodes = obj.data.materials[0].node_tree.nodes
+    assert nodes["Image Texture"].image.size[0] == 256
+    background = scene.face_camera(obj).data.background_images[0].image
+    assert background.packed_file is not None and tuple(background.size) == PHOTO_SIZE
+
+
+@needs_reconstructor
+def test_corrupt_photo_reports_the_workers_photo_error(addon_prefs, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    before = counts()
+    with pytest.raises(RuntimeError, match=r"broken\.jpg"):
+        bpy.ops.prn.reconstruct_face(filepath=str(broken))
+    assert counts() == before
+
+
+def test_blocked_online_access_refuses_to_create_the_worker_env():
+    assert not bpy.app.online_access  # headless bpy: off unless --online-mode
+    with pytest.raises(RuntimeError, match="online access is off"):
+        bpy.ops.prn.create_worker_env()
+
+
+def test_empty_weights_preference_leaves_the_choice_to_the_worker():
+    prefs = bpy.context.preferences.addons["prn_blender"].preferences
+    saved = prefs.weights_path
+    prefs.weights_path = ""
+    try:
+        settings = operators.client_settings()
+    finally:
+        prefs.weights_path = saved
+    assert settings["weights"] is None  # the worker then tries $PRN_BLENDER_WEIGHTS, the package
+    assert settings["device"] == prefs.device

@@ -1,0 +1,111 @@
+"""The prn-blender command line: one clear line per failure, non-zero exits, batch folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from prn_blender.inference.cli import main
+from prn_blender.net.weights import WEIGHTS_ENV, default_weights_path
+
+
+@pytest.fixture()
+def photo_folder(tmp_path: Path, astronaut_jpg: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(astronaut_jpg, folder / "a.jpg")
+    shutil.copy(astronaut_jpg, folder / "b.jpg")
+    (folder / "notes.txt").write_text("not a photo, not picked up")
+    return folder
+
+
+def test_reconstruct_folder_writes_every_format(photo_folder, tmp_path, untrained_weights,
+                                                capsys):
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(photo_folder), "-o", str(out), "--format", "obj,glb,npz,ply",
+                 "--texture-size", "128", "--landmarks-json", "--weights", str(untrained_weights),
+                 "--allow-untrained", "--device", "cpu"])
+    assert code == 0
+    for stem in ("a", "b"):
+        for suffix in (".obj", ".mtl", ".png", ".glb", ".npz", ".ply", "_landmarks.json"):
+            assert (out / f"{stem}{suffix}").is_file(), f"{stem}{suffix}"
+    landmarks = json.loads((out / "a_landmarks.json").read_text())
+    assert len(landmarks["landmarks_px"]) == 68
+    captured = capsys.readouterr()
+    assert "UNTRAINED WEIGHTS" in captured.err
+    assert "a.jpg: 1 face ->" in captured.out
+
+
+def test_failed_photo_prints_one_line_and_the_rest_is_written(
+        photo_folder, tmp_path, untrained_weights, capsys):
+    (photo_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(photo_folder), str(tmp_path / "missing.jpg"), "-o", str(out),
+                 "--texture-size", "64", "--weights", str(untrained_weights),
+                 "--allow-untrained"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "prn-blender: error: The photo" in err and "missing.jpg' does not exist" in err
+    assert "'broken.jpg' is truncated" in err
+    assert "2 of 4 photo(s) failed" in err
+    assert (out / "a.obj").is_file() and (out / "b.obj").is_file()
+
+
+def test_untrained_weights_are_refused_without_the_flag(astronaut_jpg, tmp_path,
+                                                        untrained_weights, capsys):
+    code = main(["reconstruct", str(astronaut_jpg), "-o", str(tmp_path),
+                 "--weights", str(untrained_weights)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "untrained network" in err and "Traceback" not in err
+
+
+def test_demo_without_weights_fails_with_the_training_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    try:
+        default_weights_path()
+    except Exception:
+        pass
+    else:
+        pytest.skip("trained weights are installed")
+    code = main(["demo", "-o", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "python -m prn_blender.training train" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_with_untrained_weights_writes_mesh_preview_and_blend(
+        tmp_path, untrained_weights, capsys):
+    out = tmp_path / "out"
+    code = main(["demo", "-o", str(out), "--weights", str(untrained_weights),
+                 "--allow-untrained"])
+    assert code == 0
+    for name in ("astronaut.obj", "astronaut.glb", "astronaut_preview.png"):
+        assert (out / name).is_file()
+    try:
+        import bpy  # noqa: F401
+    except ImportError:
+        assert "skipped the .blend" in capsys.readouterr().err
+    else:
+        assert (out / "astronaut.blend").is_file()
+
+
+def test_info_shows_version_device_layout_and_weights(untrained_weights, capsys):
+    assert main(["info", "--weights", str(untrained_weights)]) == 0
+    out = capsys.readouterr().out
+    assert "prn-blender    0.1.0" in out
+    assert "device" in out and "cpu" in out
+    assert "ict-face-256-v1" in out
+    assert "UNTRAINED" in out and str(untrained_weights) in out
+
+
+def test_unknown_format_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", "x.jpg", "-o", str(tmp_path), "--format", "fbx"])
+    assert exit_info.value.code == 2
+    assert "unknown format(s) fbx" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""In-process Reconstructor: weights handling, the pipeline's plumbing with an untrained
+network (geometry is meaningless, shapes and frames are not), errors and cancellation."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prn_blender.core.crop import LANDMARK_BOX, crop_from_box, crop_points
+from prn_blender.core.options import ReconstructOptions
+from prn_blender.errors import CancelledError, NoFaceFoundError, PhotoError, WeightsError
+from prn_blender.inference.reconstructor import Reconstructor, UntrainedWeightsWarning
+from prn_blender.net.weights import WEIGHTS_ENV, default_weights_path
+from tests.inference.conftest import ASTRONAUT_FACE_BOX
+
+
+def test_no_installed_weights_names_the_training_command(monkeypatch) -> None:
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    try:
+        default_weights_path()
+    except WeightsError:
+        pass
+    else:
+        pytest.skip("trained weights are installed")
+    with pytest.raises(WeightsError, match=r"python -m prn_blender\.training train"):
+        Reconstructor()
+
+
+def test_untrained_weights_warn_loudly(untrained_weights: Path) -> None:
+    with pytest.warns(UntrainedWeightsWarning, match="UNTRAINED WEIGHTS"):
+        r = Reconstructor(untrained_weights, device="cpu")
+    assert r.trained is False and r.device_name == "cpu"
+
+
+def test_untrained_weights_can_be_refused(untrained_weights: Path) -> None:
+    with pytest.raises(WeightsError, match="untrained"):
+        Reconstructor(untrained_weights, device="cpu", allow_untrained=False)
+
+
+def test_given_box_gives_a_full_face_result(reconstructor, astronaut: np.ndarray) -> None:
+    options = ReconstructOptions(texture_size=256, occlusion_mask=True, refine=False)
+    (face,) = reconstructor.reconstruct(astronaut, boxes=[ASTRONAUT_FACE_BOX], options=options)
+    layout = reconstructor.layout
+    n = layout.vertex_count
+    assert face.vertices.shape == (n, 3) and face.vertices.dtype == np.float32
+    assert face.uvs.shape == (n, 2) and face.triangles is layout.triangles
+    assert face.texture.shape == (256, 256, 3) and face.texture.dtype == np.uint8
+    assert face.texture_mask is not None and face.texture_mask.shape == (256, 256)
+    assert face.landmarks.shape == (68, 3) and np.isfinite(face.landmarks).all()
+    assert face.photo_size == (512, 512) and face.layout_id == layout.layout_id
+    np.testing.assert_allclose(face.box, ASTRONAUT_FACE_BOX)
+    # The position map is in photo pixels: cropping it again gives the network's crop-pixel
+    # output, whose range is the sigmoid's (-76.8, 332.8) px (DESIGN.md section 3).
+    crop_xy = crop_points(face.position_map.reshape(-1, 3), crop_from_box(face.box, LANDMARK_BOX))
+    assert crop_xy[:, :2].min() > -76.9 and crop_xy[:, :2].max() < 332.9
+
+
+def test_detected_face_matches_the_given_box_path(reconstructor, astronaut_jpg: Path) -> None:
+    options = ReconstructOptions(texture_size=128, refine=False)
+    (detected,) = reconstructor.reconstruct(astronaut_jpg, options=options)
+    (given,) = reconstructor.reconstruct(astronaut_jpg, boxes=[detected.box], options=options)
+    np.testing.assert_allclose(detected.position_map, given.position_map, atol=1e-3)
+
+
+def test_all_faces_returns_each_face_largest_first(reconstructor, astronaut) -> None:
+    import cv2
+
+    two = np.full((512, 1024, 3), 90, np.uint8)
+    two[:, :512] = astronaut
+    two[128:384, 640:896] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    options = ReconstructOptions(faces="all", texture_size=64)
+    faces = reconstructor.reconstruct(two, options=options)
+    assert len(faces) == 2
+    assert (faces[0].box[2] - faces[0].box[0]) >= (faces[1].box[2] - faces[1].box[0])
+    assert len(reconstructor.reconstruct(two, options=ReconstructOptions(texture_size=64))) == 1
+
+
+def test_photo_without_face_raises_no_face_found(reconstructor, tmp_path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "wall.jpg"), np.full((300, 400, 3), 127, np.uint8))
+    with pytest.raises(NoFaceFoundError, match=r"No face found in 'wall\.jpg'"):
+        reconstructor.reconstruct(tmp_path / "wall.jpg")
+
+
+def test_box_outside_the_photo_is_refused(reconstructor, astronaut) -> None:
+    with pytest.raises(PhotoError, match="outside"):
+        reconstructor.reconstruct(astronaut, boxes=[(900, 900, 1000, 1000)])
+
+
+def test_progress_callback_can_cancel(reconstructor, astronaut) -> None:
+    seen = []
+
+    def progress(fraction: float, message: str) -> None:
+        seen.append(fraction)
+        if fraction >= 0.3:
+            raise CancelledError("stop")
+
+    with pytest.raises(CancelledError):
+        reconstructor.reconstruct(astronaut, boxes=[ASTRONAUT_FACE_BOX], progress=progress)
+    assert seen[0] == 0.0 and seen == sorted(seen)
+
+
+def test_package_exposes_reconstructor_lazily() -> None:
+    import prn_blender
+
+    with warnings.catch_warnings():
+        assert prn_blender.Reconstructor is Reconstructor
