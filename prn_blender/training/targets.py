@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.geometry import position_map_from_mesh
 from ..core.layout import UVLayout
 from .faces import FACE_SETS, FaceRecord, dev_names, iter_jpeg_bytes, load_face_set
 from .fit import (
@@ -73,16 +74,9 @@ def fitted_position_map(layout: UVLayout, model: KeptModel, fit: FitResult) -> n
     """(R, R, 3) float32 target position map in the photo's pixels, NaN outside the face
     mask, z shifted so the face's minimum z is 0 (DESIGN section 3)."""
     verts = fit.to_photo(model.vertices(fit.identity, fit.expression))
-    r = layout.resolution
-    tri = layout.texel_triangle.reshape(-1)
-    inside = tri >= 0
-    corners = layout.ict_triangles[tri[inside]]  # (M, 3) indices into kept vertices
-    bary = layout.texel_barycentric.reshape(-1, 3)[inside]
-    values = (verts[corners] * bary[:, :, None]).sum(axis=1)
-    values[:, 2] -= values[:, 2].min()
-    out = np.full((r * r, 3), np.nan, dtype=np.float32)
-    out[inside] = values
-    return out.reshape(r, r, 3)
+    position_map = position_map_from_mesh(verts, layout)
+    position_map[..., 2] -= np.nanmin(position_map[..., 2])
+    return position_map
 
 
 # MediaPipe canonical vertex -> calibrated 68 index, for the initial alignment of the
