@@ -52,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_eval:
         from .evaluate import make_training_evaluator
 
-        evaluate_fn = make_training_evaluator()
+        evaluate_fn = make_training_evaluator(coarse_size=args.resolution)
     train(config_from_args(args), evaluate_fn)
     return 0
 
@@ -68,8 +68,7 @@ def _targets_args(parser: argparse.ArgumentParser) -> None:
 def _targets(args: argparse.Namespace) -> int:
     from .targets import make_targets
 
-    make_targets(args.out, args.shared, args.cache, args.workers)
-    return 0
+    return 1 if make_targets(args.out, args.shared, args.cache, args.workers) else 0
 
 
 def _export_args(parser: argparse.ArgumentParser) -> None:

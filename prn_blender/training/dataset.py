@@ -26,16 +26,41 @@ from .augment import AugmentSettings, make_sample
 from .shards import ShardDataset
 
 
+def downsample_sample(crop: np.ndarray, target_px: np.ndarray, weights: np.ndarray,
+                      size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training sample at a coarser resolution `size` (a divisor of the crop side R):
+    crop (R, R, 3) uint8 -> (size, size, 3) by area averaging; target (R, R, 3) and weights
+    (R, R) -> (size, size) by averaging each block over its valid (weight > 0) texels only, so
+    invalid texels' arbitrary values never leak in.
+
+    Target values stay in R-crop pixels: the network's normalised output times R (`PRNet`'s
+    256 scale) then still means R-crop pixels at any input size, because position / side is
+    what the sigmoid regresses. The weight of a block is the mean weight of its texels."""
+    side = crop.shape[0]
+    if side % size:
+        raise ValueError(f"training resolution {size} must divide the crop side {side}")
+    f = side // size
+    small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    valid = (weights > 0).astype(np.float32).reshape(size, f, size, f)
+    count = valid.sum(axis=(1, 3))
+    blocks = np.where(valid[..., None] > 0, target_px.reshape(size, f, size, f, 3), 0.0)
+    target = blocks.sum(axis=(1, 3)) / np.maximum(count, 1.0)[..., None]
+    weight = weights.reshape(size, f, size, f).mean(axis=(1, 3))
+    return small, target.astype(np.float32), weight.astype(np.float32)
+
+
 class ShardSamples(torch.utils.data.Dataset):
-    """Item (epoch, index) -> (image (3, R, R) float32 RGB in [0, 1], target (3, R, R) float32
-    crop pixels, weights (R, R) float32). A pure function of (seed, epoch, index)."""
+    """Item (epoch, index) -> (image (3, S, S) float32 RGB in [0, 1], target (3, S, S) float32
+    crop pixels of the layout-resolution crop, weights (S, S) float32), S = `size` (default:
+    the layout resolution). A pure function of (seed, epoch, index)."""
 
     def __init__(self, shards: Path | ShardDataset, layout: UVLayout, seed: int,
-                 augment: AugmentSettings) -> None:
+                 augment: AugmentSettings, size: int | None = None) -> None:
         self.shards = shards if isinstance(shards, ShardDataset) else ShardDataset(shards)
         self.face_mask = layout.face_mask
         self.weight_mask = layout.weight_mask.astype(np.float32)
         self.resolution = int(layout.resolution)
+        self.size = self.resolution if size is None else int(size)
         self.seed = int(seed)
         self.augment = augment
 
@@ -53,9 +78,12 @@ class ShardSamples(torch.utils.data.Dataset):
         sample = make_sample(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stored.position_map,
                              stored.box, self.face_mask, self.weight_mask, rng, self.augment,
                              self.resolution)
-        image = torch.from_numpy(sample.crop).permute(2, 0, 1).float().div_(255.0)
-        target = torch.from_numpy(sample.target_px).permute(2, 0, 1).contiguous()
-        return image, target, torch.from_numpy(sample.weights)
+        crop, target_px, weights = sample.crop, sample.target_px, sample.weights
+        if self.size != self.resolution:
+            crop, target_px, weights = downsample_sample(crop, target_px, weights, self.size)
+        image = torch.from_numpy(crop).permute(2, 0, 1).float().div_(255.0)
+        target = torch.from_numpy(target_px).permute(2, 0, 1).contiguous()
+        return image, target, torch.from_numpy(weights)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

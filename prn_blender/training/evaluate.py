@@ -57,11 +57,15 @@ def load_point_maps() -> dict:
 
 
 class NetworkLandmarks:
-    """Runs a PRNet on (image, tight box) pairs and reads the calibrated 68 (photo px)."""
+    """Runs a PRNet on (image, tight box) pairs and reads the calibrated 68 (photo px).
+
+    `input_size` < the crop side runs the (fully convolutional) network on area-downsampled
+    crops and upsamples its position maps bilinearly: how a coarse training stage scores."""
 
     def __init__(self, model: torch.nn.Module, layout: UVLayout, device: torch.device,
-                 batch: int = 16) -> None:
+                 batch: int = 16, input_size: int | None = None) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
+        self.input_size = input_size
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
         out = []
@@ -72,10 +76,19 @@ class NetworkLandmarks:
             crops = np.stack([warp_photo_to_crop(img, tf, cv2.BORDER_REFLECT_101) for img, tf
                               in zip(images[start : start + self.batch], transforms,
                                      strict=True)])
+            side = crops.shape[1]
+            if self.input_size and self.input_size != side:
+                size = (self.input_size, self.input_size)
+                crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA)
+                                  for c in crops])
             x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                maps = self.model(x).float().permute(0, 2, 3, 1).cpu().numpy()
+                maps = self.model(x).float()
+                if maps.shape[-1] != side:
+                    maps = torch.nn.functional.interpolate(maps, size=(side, side),
+                                                           mode="bilinear", align_corners=False)
+                maps = maps.permute(0, 2, 3, 1).cpu().numpy()
             for pm, tf in zip(maps, transforms, strict=True):
                 lm = landmarks_from_position_map(pm, self.layout)
                 out.append(uncrop_points(lm, tf))
@@ -125,18 +138,23 @@ def score(records: list, preds68: np.ndarray, set_name: str) -> dict[str, float]
     return out
 
 
-def make_training_evaluator(limit: int | None = 100) -> Callable[[torch.nn.Module], dict]:
-    """A quick dev NME for the training loop (first `limit` faces of each dev set)."""
+def make_training_evaluator(limit: int | None = 100, coarse_size: int | None = None
+                            ) -> Callable[[torch.nn.Module], dict]:
+    """A quick dev NME for the training loop (first `limit` faces of each dev set), at the
+    full input size and, for a coarse stage, also at `coarse_size` ("..._nme@128")."""
     layout = load_layout()
     data = dev_data(limit)
+    sizes = [None] + ([coarse_size] if coarse_size and coarse_size != layout.resolution else [])
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        run = NetworkLandmarks(model, layout, device)
         result = {}
-        for set_name, (records, images, boxes) in data.items():
-            s = score(records, run(images, boxes), set_name)
-            result[f"{set_name}_nme"] = s.get("balanced", s["all"])
+        for size in sizes:
+            run = NetworkLandmarks(model, layout, device, input_size=size)
+            for set_name, (records, images, boxes) in data.items():
+                s = score(records, run(images, boxes), set_name)
+                key = f"{set_name}_nme" + (f"@{size}" if size else "")
+                result[key] = s.get("balanced", s["all"])
         return result
 
     return evaluate

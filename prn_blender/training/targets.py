@@ -266,21 +266,42 @@ def training_jobs(out_dir: Path) -> list[tuple[str, int, list[str], str]]:
     return jobs
 
 
-def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2) -> None:
-    """Resumable: chunks whose shard exists are skipped; a crashed chunk is redone."""
-    import multiprocessing as mp
+def ensure_teachers(shared: Path, cache: Path) -> None:
+    """Run the teachers whose cache files are missing (each file is written atomically, so an
+    interrupted run starts that teacher again): 3DDFA-V2 on every face, then MediaPipe in its
+    own pinned virtual environment (created on first use)."""
+    from . import mediapipe_teacher, tddfa
 
-    from tqdm import tqdm
+    teachers = cache / "teachers"
+    if not (teachers / "tddfa68.npz").is_file():
+        print("landmark teacher (3DDFA-V2) on every face ...")
+        tddfa.run_teacher_on_all(teachers / "tddfa68.npz")
+    if not all((teachers / f"mediapipe478_{stem}.npz").is_file()
+               for stem in MEDIAPIPE_FILES.values()):
+        print("dense teacher (MediaPipe FaceMesh, own venv) on every face ...")
+        mediapipe_teacher.run_all(teachers, shared / "data" / "faces")
 
-    jobs = [j for j in training_jobs(out_dir)
-            if not (out_dir / f"{j[0]}-{j[1]:04d}.npz").is_file()]
-    total: dict[str, float] = {}
-    with mp.get_context("fork").Pool(workers, _init_worker, (str(shared), str(cache))) as pool:
-        bar = tqdm(pool.imap_unordered(_make_chunk, jobs), total=len(jobs), desc="target chunks")
-        for stats in bar:
-            for key, value in stats.items():
-                total[key] = total.get(key, 0) + value
+
+def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2) -> int:
+    """Teachers (if not cached), then fit + rasterise in `workers` processes, one shard per
+    chunk, resumable through per-chunk done records (parallel.py). Returns the number of
+    chunks still missing (0 = complete)."""
+    from .parallel import run_chunks
+
+    ensure_teachers(shared, cache)
+    jobs = [(f"{job[0]}-{job[1]:04d}", job) for job in training_jobs(out_dir)]
+    run = run_chunks(jobs, _make_chunk, out_dir, workers, _init_worker,
+                     (str(shared), str(cache)), desc="target chunks")
+    total = run.totals()
     if total.get("faces"):
+        labelled = max(total.get("labelled", 0.0), 1.0)
         print(f"faces {total['faces']:.0f}, rejected {total['rejected']:.0f}, "
-              f"mean RMS to teacher {100 * total['teacher_rms'] / total['faces']:.2f} % of the "
-              f"face diagonal")
+              f"mean RMS to teacher {100 * total['teacher_rms'] / total['faces']:.2f} % and "
+              f"to hand labels {100 * total['label_rms'] / labelled:.2f} % of the face "
+              f"diagonal")
+    if run.missing:
+        print(f"{len(run.missing)} chunk(s) not done ({', '.join(run.missing[:5])}"
+              f"{' ...' if len(run.missing) > 5 else ''}); run the command again to retry them")
+        for chunk_id, message in run.failed.items():
+            print(f"  {chunk_id}: {message}")
+    return len(run.missing)

@@ -86,6 +86,10 @@ class TrainConfig:
     """UV layout .npz; None = the shipped one. Tests pass a small synthetic layout."""
     width: int = 16
     """PRNet width (16 = the paper). Smaller values are for tests only."""
+    resolution: int | None = None
+    """Training input side in pixels; None = the layout's (256). PRNet is fully convolutional,
+    so a coarse first stage at 128 (about 5x the images per second on CPU) trains the same
+    weights; targets are block-averaged, see dataset.downsample_sample."""
     sync_bn: bool = False
     dist_timeout_s: float = DEFAULT_TIMEOUT_S
 
@@ -201,7 +205,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     torch.manual_seed(config.seed)
     layout = load_layout(config.layout)
     dataset = ShardSamples(config.shards, layout, config.seed,
-                           AugmentSettings() if config.augment else NO_AUGMENTATION)
+                           AugmentSettings() if config.augment else NO_AUGMENTATION,
+                           config.resolution)
     ckpt_path = config.out / CHECKPOINT_NAME
     state = None
     if ckpt_path.is_file():
@@ -227,7 +232,10 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
         if "rng" in state:  # absent in checkpoints of the first trainer version
             torch.set_rng_state(state["rng"]["torch"])
     train_model = ctx.wrap(model)
-    landmark_texels = torch.from_numpy(np.array(layout.landmark_texels, np.float32))
+    # Texel centres at integers; rescaled to the training map's side (same UV points).
+    landmark_texels = torch.from_numpy(
+        (np.array(layout.landmark_texels, np.float32) + 0.5) * dataset.size
+        / dataset.resolution - 0.5)
 
     n = len(dataset)
     global_batch = config.batch * ctx.world_size
@@ -254,6 +262,7 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
         f"({config.halve_every_epochs * steps_per_epoch:.0f} steps); "
         f"{'bf16 autocast' if use_bf16 else 'fp32'}"
         f"{', channels_last' if config.channels_last else ''}; "
+        f"input {dataset.size}x{dataset.size} px; "
         f"BatchNorm {'synchronised' if ctx.sync_bn else 'per rank'}"
     )
 
@@ -434,6 +443,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="bf16 autocast (default: only where the hardware runs bf16 natively)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     a("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    a("--resolution", type=int, default=None,
+      help="training input side in px (default: the layout's 256; 128 for a fast first stage)")
     a("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a("--checkpoint-minutes", type=float, default=5.0)
     a("--eval-minutes", type=float, default=15.0)
@@ -458,5 +469,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         threads=args.threads, checkpoint_minutes=args.checkpoint_minutes,
         eval_minutes=args.eval_minutes, seed=args.seed, device=args.device,
         init_from=args.init_from, augment=not args.no_augment, layout=args.layout,
-        width=args.width, sync_bn=args.sync_bn, dist_timeout_s=args.dist_timeout_s,
+        width=args.width, resolution=args.resolution, sync_bn=args.sync_bn,
+        dist_timeout_s=args.dist_timeout_s,
     )

@@ -204,3 +204,35 @@ def test_bf16_autocast_loss_is_close_to_fp32_and_a_bf16_step_trains(data, tmp_pa
     train(_config(data, tmp_path / "run", max_steps=2, bf16=True))
     losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
     assert len(losses) == 2 and np.isfinite(losses).all()
+
+
+def test_downsample_sample_averages_valid_texels_only():
+    from prn_blender.training.dataset import downsample_sample
+
+    crop = np.zeros((4, 4, 3), np.uint8)
+    crop[:2, :2] = 200
+    target = np.full((4, 4, 3), 1e6, np.float32)  # junk where invalid
+    weights = np.zeros((4, 4), np.float32)
+    target[0, 0], weights[0, 0] = (10.0, 20.0, 30.0), 16.0
+    target[1, 1], weights[1, 1] = (12.0, 22.0, 32.0), 4.0
+    target[2:, 2:], weights[2:, 2:] = (5.0, 6.0, 7.0), 3.0
+    small, small_target, small_weights = downsample_sample(crop, target, weights, 2)
+    assert small.shape == (2, 2, 3) and small[0, 0, 0] == 200 and small[1, 1, 0] == 0
+    np.testing.assert_allclose(small_target[0, 0], (11.0, 21.0, 31.0))
+    np.testing.assert_allclose(small_target[1, 1], (5.0, 6.0, 7.0))
+    np.testing.assert_allclose(small_weights, [[5.0, 0.0], [0.0, 3.0]])
+    # Positions stay in full-resolution crop pixels (the network's output is position/side).
+    with pytest.raises(ValueError, match="must divide"):
+        downsample_sample(crop, target, weights, 3)
+
+
+def test_half_resolution_stage_trains_and_its_weights_run_at_full_resolution(data, tmp_path):
+    config = _config(data, tmp_path / "run", lr=2e-3, max_steps=40, augment=False,
+                     resolution=32)
+    train(config)
+    losses = np.array([float(r["loss"]) for r in _log(tmp_path / "run")])
+    assert losses[-8:].mean() < 0.3 * losses[:4].mean()
+    model = PRNet(width=8)
+    model.load_state_dict(_weights(tmp_path / "run" / "last.pt"))
+    with torch.inference_mode():
+        assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
