@@ -32,7 +32,7 @@ MODEL_WEIGHTS = REPO / "model_weights"
 PACKAGE_EXCLUDED_DIRS = frozenset({"training", "__pycache__"})
 """Top-level subpackages / folders of prn_blender left out of the zip."""
 EXCLUDED_SUFFIXES = frozenset({".pyc", ".pyo", ".orig", ".rej", ".tmp", ".part"})
-MODEL_FILES = ("uv_layout_ict256.npz", "MODEL_CARD.md")
+MODEL_FILES = ("uv_layout_ict256.npz", "MODEL_CARD.md", "face_detection_yunet_2023mar.onnx")
 """Shipped from model_weights/ (required); plus every *.safetensors there (optional)."""
 ZIP_DATE = (2024, 1, 1, 0, 0, 0)
 
@@ -75,6 +75,13 @@ Copyright (c) 2020 USC Institute for Creative Technologies
 ## PRNet uv-data (MIT): reference for the 68 landmark calibration
 
 Copyright (c) 2018 Yao Feng. Source: https://github.com/YadiraF/PRNet
+
+{MIT_TEXT}
+## YuNet face detector (MIT): model_weights/face_detection_yunet_2023mar.onnx
+
+Copyright (c) 2020 Shiqi Yu. Source: https://github.com/opencv/opencv_zoo
+(models/face_detection_yunet),
+sha256 8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4.
 
 {MIT_TEXT}
 ## Trained weights (model_weights/*.safetensors, when shipped)

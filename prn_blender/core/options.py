@@ -18,7 +18,7 @@ class FaceSelection(StrEnum):
 
 
 class Detector(StrEnum):
-    """Face detector. AUTO = YuNet when its model file is configured, else Haar cascades."""
+    """Face detector. AUTO = YuNet (shipped in model_weights/, or `yunet_model`), else Haar."""
 
     AUTO = "auto"
     HAAR = "haar"
@@ -38,7 +38,7 @@ class ReconstructOptions:
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     detector: Detector = Detector.AUTO
     yunet_model: str | None = None
-    """Path to YuNet's ONNX file (face_detection_yunet_2023mar.onnx); None = Haar only."""
+    """Path to YuNet's ONNX file (face_detection_yunet_2023mar.onnx); None = the shipped copy."""
     refine: bool = True
     """Second pass: re-crop from the network's own 68 landmarks (the crop it was trained on)."""
 

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--occlusion-mask", action="store_true",
                      help="store the texture's visibility mask (npz) ")
     rec.add_argument("--detector", default="auto", choices=[d.value for d in Detector])
-    rec.add_argument("--yunet", default=None, help="YuNet ONNX file (better detection)")
+    rec.add_argument("--yunet", default=None, help="YuNet ONNX file (default: the shipped one)")
     rec.add_argument("--no-refine", action="store_true",
                      help="skip the second pass that re-crops from the predicted landmarks")
     model_args(rec)

@@ -1,8 +1,10 @@
-"""Offline face detection: OpenCV's bundled Haar cascades (default) or YuNet (an ONNX file the
-user points to), each box mapped onto the crop convention the network was trained on.
+"""Offline face detection: YuNet (default; its 233 kB ONNX file, MIT, ships in model_weights/)
+or OpenCV's bundled Haar cascades, each box mapped onto the crop convention the network was
+trained on.
 
-Nothing is downloaded: the Haar cascades ship inside opencv-python(-headless)
-(`cv2.data.haarcascades`); YuNet runs through `cv2.FaceDetectorYN` from a file the user gives.
+Nothing is downloaded: YuNet runs through `cv2.FaceDetectorYN` from the shipped file (or one
+the user gives); the Haar cascades ship inside opencv-python(-headless)
+(`cv2.data.haarcascades`) and are the fallback when the YuNet file is missing.
 
 Every detector's box is turned into an estimate of the *tight 68-landmark box* (DESIGN.md
 section 3) by a `BoxMapping` fitted on 300W faces outside the dev split (`fit_box_mappings`):
@@ -270,8 +272,9 @@ def detect_faces(
     large photo, at DETECT_RETRY_SIDE_PX. `all_faces` False may return only the faces of the
     first pass that found any (the caller wants the largest)."""
     detector = Detector(detector)
-    if detector == Detector.AUTO:
+    if detector in (Detector.AUTO, Detector.YUNET):
         yunet_model = find_yunet_model(yunet_model)
+    if detector == Detector.AUTO:
         detector = Detector.YUNET if yunet_model else Detector.HAAR
     if detector == Detector.YUNET and not yunet_model:
         raise DependencyError(

@@ -14,6 +14,7 @@ from prn_blender.inference.detect import (
     BoxMapping,
     box_iou,
     detect_faces,
+    find_yunet_model,
 )
 from tests.conftest import SHARED_DATA, needs_shared
 from tests.inference.conftest import ASTRONAUT_FACE_BOX
@@ -85,9 +86,22 @@ def test_yunet_finds_the_tilted_face_haar_misses() -> None:
     assert len(detect_faces(photo, "yunet", str(YUNET))) == 1
 
 
-def test_yunet_without_model_file_says_what_to_do(astronaut: np.ndarray, tmp_path) -> None:
-    with pytest.raises(DependencyError, match=r"face_detection_yunet_2023mar\.onnx"):
-        detect_faces(astronaut, "yunet", None)
+def test_shipped_yunet_is_the_default_detector_and_is_the_published_file(
+    astronaut: np.ndarray,
+) -> None:
+    import hashlib
+
+    shipped = find_yunet_model()
+    assert shipped is not None and shipped.endswith("face_detection_yunet_2023mar.onnx")
+    assert hashlib.sha256(open(shipped, "rb").read()).hexdigest() == (
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4")
+    for faces in (detect_faces(astronaut), detect_faces(astronaut, "yunet", None)):
+        assert len(faces) == 1 and faces[0].detector == "yunet"
+        _assert_near_astronaut(faces[0].box)
+
+
+def test_yunet_with_a_missing_model_file_says_what_to_do(astronaut: np.ndarray,
+                                                         tmp_path) -> None:
     with pytest.raises(DependencyError, match="does not exist"):
         detect_faces(astronaut, "yunet", str(tmp_path / "missing.onnx"))
 
