@@ -71,6 +71,20 @@ def _targets(args: argparse.Namespace) -> int:
     return 1 if make_targets(args.out, args.shared, args.cache, args.workers) else 0
 
 
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    from .report import add_arguments
+
+    add_arguments(parser)
+
+
+@command("targets-report", "NME of the targets vs hand labels beside both teachers; overlays",
+         _report_args)
+def _targets_report(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    return run_report(args)
+
+
 def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "prnet" / "last.pt")
     parser.add_argument("--out", type=Path,
