@@ -26,12 +26,13 @@ def texel_to_uv(texels_xy: np.ndarray, resolution: int) -> np.ndarray:
     return np.stack([u, v], axis=-1).astype(np.float32)
 
 
-def uv_to_texel(uv: np.ndarray, resolution: int) -> np.ndarray:
-    """Inverse of `texel_to_uv`: (N, 2) UV -> (N, 2) continuous texel coordinates (x, y)."""
+def uv_to_texel(uv: np.ndarray, resolution: int, dtype: type = np.float32) -> np.ndarray:
+    """Inverse of `texel_to_uv`: (..., 2) UV -> (..., 2) continuous texel coordinates (x, y),
+    computed in float64 and returned as `dtype` (float64 where rasterising needs it)."""
     uv = np.asarray(uv, dtype=np.float64)
     x = uv[..., 0] * resolution - 0.5
     y = (1.0 - uv[..., 1]) * resolution - 0.5
-    return np.stack([x, y], axis=-1).astype(np.float32)
+    return np.stack([x, y], axis=-1).astype(dtype, copy=False)
 
 
 def photo_to_blender(points_px: np.ndarray, metres_per_px: float) -> np.ndarray:

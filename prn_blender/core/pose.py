@@ -35,28 +35,40 @@ class HeadPose:
 
 
 def umeyama_similarity(
-    source: np.ndarray, target: np.ndarray
+    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity without reflection (Umeyama 1991): target ~ s R source + t.
+    """Least-squares similarity without reflection (Umeyama 1991): target ~ s R source + t,
+    optionally with per-point weights (the weighted means and covariance of the same solution).
 
-    source, target: (N, 3) corresponding points (rows with a non-finite value are ignored).
-    Returns (s, R (3, 3) float64 with det +1, t (3,) float64)."""
+    source, target: (N, 3) corresponding points (rows with a non-finite value are ignored);
+    weights: (N,) >= 0 or None. Returns (s, R (3, 3) float64 with det +1, t (3,) float64)."""
     src = np.asarray(source, dtype=np.float64)
     dst = np.asarray(target, dtype=np.float64)
     ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        ok &= np.isfinite(w)
+        w = w[ok]
     src, dst = src[ok], dst[ok]
     if src.shape[0] < 3:
         raise ValueError(f"a similarity needs at least 3 finite point pairs, got {src.shape[0]}")
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / src.shape[0]
+    if weights is None:
+        mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+        xs, xd = src - mu_s, dst - mu_d
+        cov = xd.T @ xs / src.shape[0]
+        var_s = (xs**2).sum() / src.shape[0]
+    else:
+        w = w / w.sum()
+        mu_s, mu_d = w @ src, w @ dst
+        xs, xd = src - mu_s, dst - mu_d
+        cov = (xd * w[:, None]).T @ xs
+        var_s = float((w * (xs**2).sum(axis=1)).sum())
     u, sigma, vt = np.linalg.svd(cov)
     d = np.ones(3)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         d[2] = -1.0
     rotation = (u * d) @ vt
-    var_s = (xs**2).sum() / src.shape[0]
-    scale = float((sigma * d).sum() / var_s)
+    scale = float((sigma * d).sum() / max(var_s, 1e-12))
     translation = mu_d - scale * rotation @ mu_s
     return scale, rotation, translation
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.layout import UVLayout
+from ..core.pose import umeyama_similarity
 
 # ICT axes (+Y up, +Z towards the viewer) -> position-map axes (y down): flip Y.
 ICT_TO_PM = np.array([1.0, -1.0, 1.0], dtype=np.float32)
@@ -98,27 +99,6 @@ def surface_basis(
         identity=gather(identity).astype(np.float64),
         expression=gather(expression).astype(np.float64),
     )
-
-
-def umeyama(
-    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted similarity dst ~ s R src + t without reflection. Returns (s, R (3, 3), t (3,))."""
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mu_s = w @ src
-    mu_d = w @ dst
-    xs, xd = src - mu_s, dst - mu_d
-    cov = (xd * w[:, None]).T @ xs
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2] = -1.0
-    rot = u @ np.diag(d) @ vt
-    var_s = float((w * (xs**2).sum(axis=1)).sum())
-    scale = float((sig * d).sum() / max(var_s, 1e-12))
-    trans = mu_d - scale * rot @ mu_s
-    return scale, rot, trans
 
 
 @dataclass(frozen=True)
@@ -212,7 +192,7 @@ def fit_face(basis: SurfaceBasis, obs: Observations, settings: FitSettings) -> F
             w_list.append(np.full(len(rows), wxy))
         src = np.concatenate(src_list)
         dst = np.concatenate(dst_list)
-        scale, rot, trans = umeyama(src, dst, np.concatenate(w_list))
+        scale, rot, trans = umeyama_similarity(src, dst, np.concatenate(w_list))
 
         # Shape: residual_cm = (s R (mean + A x) + t_g - obs) / s  for each observation.
         # Unknowns x = [alpha, beta]; translation re-solved per group in closed form by
@@ -239,7 +219,7 @@ def fit_face(basis: SurfaceBasis, obs: Observations, settings: FitSettings) -> F
         alpha, beta = x[:n_id], x[n_id:]
 
     pts = basis.points(alpha, beta)
-    scale, rot, trans = umeyama(
+    scale, rot, trans = umeyama_similarity(
         pts[obs.teacher_rows], obs.teacher, np.full(len(obs.teacher_rows), 1.0)
     )
     fitted = scale * pts @ rot.T + trans

@@ -30,7 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.frames import uv_to_texel
 from ..core.layout import LAYOUT_FILENAME, UVLayout
+from ..core.pose import umeyama_similarity
 from .ict import DEFAULT_SHARED, REPO, ICTModel, load_ict
 
 LAYOUT_ID = "ict-face-256-v1"
@@ -44,12 +46,6 @@ UPPER_INNER_LIP, LOWER_INNER_LIP = (61, 62, 63), (65, 66, 67)
 UPPER_LIP_MIN_DROP_CM, LOWER_LIP_MAX_DROP_CM = -1.0, -1.5
 """jawOpen mean vertical displacement (cm) separating upper-lip from lower-lip triangles."""
 ICP_MAX_ROUNDS, ICP_SCALE_TOLERANCE = 60, 1e-5
-
-
-def uv_to_texel(uv: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
-    """UV -> continuous texel coordinates (x = col, y = row), centres at integers: the float64
-    twin of core.frames.uv_to_texel (which returns float32; rasterising needs float64)."""
-    return np.stack([uv[..., 0] * resolution - 0.5, (1.0 - uv[..., 1]) * resolution - 0.5], -1)
 
 
 def rasterise_triangles(
@@ -146,17 +142,6 @@ def closest_points_on_triangles(
     return out_tri, out_bary, out_pt
 
 
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity dst ~ s R src + t without reflection."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(xd.T @ xs / len(src))
-    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-    rot = u @ np.diag(d) @ vt
-    scale = float((sig * d).sum() / ((xs**2).sum() / len(src)))
-    return scale, rot, mu_d - scale * rot @ mu_s
-
-
 def bfm68_canonical(shared: Path) -> np.ndarray:
     """PRNet's canonical mean face at its 68 landmark texels, (68, 3), y flipped to up."""
     uv_dir = shared / "data" / "prnet-official" / "uv-data"
@@ -197,14 +182,14 @@ def calibrate_landmarks(
     allowed[list(LOWER_INNER_LIP)] = lower_ok
 
     own68 = ict.neutral[ict.landmark_vertices].astype(np.float64)
-    scale, rot, trans = umeyama(bfm68, own68)
+    scale, rot, trans = umeyama_similarity(bfm68, own68)
     stats = {"initial_canonical_units_per_cm": 1.0 / scale}
     rounds = 0
     while True:
         rounds += 1
         moved = scale * bfm68 @ rot.T + trans
         tri_idx, bary, surface = closest_points_on_triangles(moved, tri_xyz, allowed)
-        new_scale, rot, trans = umeyama(bfm68, surface)
+        new_scale, rot, trans = umeyama_similarity(bfm68, surface)
         converged = abs(new_scale / scale - 1.0) < ICP_SCALE_TOLERANCE
         scale = new_scale
         if converged or rounds == ICP_MAX_ROUNDS:
@@ -242,7 +227,7 @@ def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
     ict = load_ict(str(shared))
     r = RESOLUTION
     tris = ict.face_triangles
-    corner_texels = uv_to_texel(ict.uvs[ict.face_triangle_uvs])  # (F, 3, 2)
+    corner_texels = uv_to_texel(ict.uvs[ict.face_triangle_uvs], RESOLUTION, np.float64)  # (F, 3, 2)
     tri_id, bary = rasterise_triangles(corner_texels)
     face_mask = tri_id >= 0
     bary = np.round(bary, 5)
@@ -252,7 +237,8 @@ def build_layout(shared: Path) -> tuple[UVLayout, dict[str, float]]:
     remap[kept] = np.arange(len(kept))
     ict_triangles = remap[tris].astype(np.int32)
     first_uv = ict.face_triangle_uvs.ravel()[first_corner]  # seam vertices: their first UV
-    ict_vertex_texels = np.round(uv_to_texel(ict.uvs[first_uv]), 5).astype(np.float32)
+    ict_vertex_texels = np.round(uv_to_texel(ict.uvs[first_uv], RESOLUTION, np.float64),
+                                 5).astype(np.float32)
 
     neutral64 = ict.neutral.astype(np.float64)
     inside = face_mask.reshape(-1)

@@ -104,14 +104,15 @@ def mediapipe_correspondences(
     its closest point on the ICT face polygons. Returns (mediapipe indices (P,), ICT vertex ids
     (P, 3), barycentric (P, 3), distance cm (P,)) for the points within
     `MEDIAPIPE_MAX_DISTANCE_CM`."""
-    from .make_layout import closest_points_on_triangles, umeyama
+    from ..core.pose import umeyama_similarity
+    from .make_layout import closest_points_on_triangles
 
     canonical = read_obj_vertices(shared / "data" / "mediapipe" / "canonical_face_model.obj")
     lm_ids, lm_bary = locate_texels_in_ict(layout, layout.landmark_texels)
     lm_pos = (neutral[lm_ids] * lm_bary[:, :, None]).sum(1)
     src = canonical[list(MEDIAPIPE_ANCHORS)]
     dst = lm_pos[list(MEDIAPIPE_ANCHORS.values())]
-    scale, rot, trans = umeyama(src, dst)
+    scale, rot, trans = umeyama_similarity(src, dst)
     moved = scale * canonical[:MEDIAPIPE_POINTS] @ rot.T + trans
     tri_xyz = neutral[face_triangles].astype(np.float64)
     tri, bary, closest = closest_points_on_triangles(moved, tri_xyz)

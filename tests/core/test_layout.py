@@ -235,13 +235,14 @@ def test_weight_mask_regions(layout: UVLayout) -> None:
 
 @needs_shared
 def test_calibrated_landmarks_match_prnet_bfm_landmarks_after_similarity() -> None:
-    from prn_blender.training.make_layout import bfm68_canonical, umeyama
+    from prn_blender.core.pose import umeyama_similarity
+    from prn_blender.training.make_layout import bfm68_canonical
 
     layout = load_layout()
     pm = position_map(layout, layout.canonical_vertices.astype(np.float64))
     ours = bilinear_in_mask(pm, layout.landmark_texels.astype(np.float64))  # cm, y down
     bfm = bfm68_canonical(SHARED) * ICT_TO_PM  # canonical units, y down again
-    scale, rot, trans = umeyama(bfm, ours)
+    scale, rot, trans = umeyama_similarity(bfm, ours)
     residual_cm = np.linalg.norm(scale * bfm @ rot.T + trans - ours, axis=1)
     assert np.linalg.det(rot) > 0
     assert 11.0 < 1.0 / scale < 13.0  # canonical units per ICT cm

@@ -75,6 +75,24 @@ def test_umeyama_never_returns_a_reflection():
     assert np.linalg.det(rotation) == pytest.approx(1.0)
 
 
+def test_umeyama_recovers_a_similarity_and_weights_ignore_outliers():
+    rng = np.random.default_rng(1)
+    source = rng.normal(size=(50, 3))
+    rotation = rotation_from_angles(30.0, -10.0, 5.0)
+    target = 2.5 * source @ rotation.T + [1.0, -2.0, 3.0]
+    scale, r, t = umeyama_similarity(source, target)
+    assert scale == pytest.approx(2.5, abs=1e-9)
+    np.testing.assert_allclose(r, rotation, atol=1e-9)
+    np.testing.assert_allclose(t, [1.0, -2.0, 3.0], atol=1e-9)
+    corrupted = target.copy()
+    corrupted[:5] += 40.0  # five gross outliers: weight 0 removes them exactly
+    weights = np.r_[np.zeros(5), rng.uniform(0.5, 2.0, 45)]
+    scale, r, t = umeyama_similarity(source, corrupted, weights)
+    assert scale == pytest.approx(2.5, abs=1e-9)
+    np.testing.assert_allclose(r, rotation, atol=1e-9)
+    assert umeyama_similarity(source, corrupted)[0] != pytest.approx(2.5, abs=1e-3)
+
+
 def test_estimate_pose_ignores_nan_vertices(synthetic_layout):
     face = pose_ict_neutral(synthetic_layout, -15.0, 5.0, 0.0)
     vertices = position_map_to_vertices(face.position_map, synthetic_layout)
