@@ -29,6 +29,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from ..core.exif import file_orientation, make_upright
 from ..core.frames import photo_to_blender
 from ..core.pose import frontalize
 from ..core.result import FaceResult
@@ -187,6 +188,25 @@ def _packed_image(name: str, rgb: np.ndarray, created: _Created,
     return image
 
 
+def _upright_photo(photo_path: str, created: _Created) -> bpy.types.Image:
+    """The photo as a packed image, turned upright by its EXIF orientation like the decoder
+    the reconstruction used (core.exif); Blender's own loader ignores the tag."""
+    photo = created.add(bpy.data.images.load(photo_path, check_existing=False))
+    orientation = file_orientation(photo_path)
+    if orientation == 1:
+        photo.pack()
+        return photo
+    width, height = photo.size
+    rgba = np.empty(width * height * 4, dtype=np.float32)
+    photo.pixels.foreach_get(rgba)
+    stored = rgba.reshape(height, width, 4)[::-1, :, :3]  # Blender rows run bottom-up
+    rgb = np.clip(stored * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    name = photo.name
+    bpy.data.images.remove(photo)
+    created.items.remove(photo)
+    return _packed_image(name, np.ascontiguousarray(make_upright(rgb, orientation)), created)
+
+
 def _safe_filename(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "texture"
 
@@ -273,8 +293,7 @@ def _build_camera(
     camera_data.clip_start = 0.01
     camera_data.clip_end = 100.0
     if photo_path and os.path.isfile(photo_path):
-        photo = created.add(bpy.data.images.load(photo_path, check_existing=False))
-        photo.pack()
+        photo = _upright_photo(photo_path, created)
         background = camera_data.background_images.new()
         background.image = photo
         background.alpha = 1.0

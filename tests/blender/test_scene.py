@@ -152,6 +152,32 @@ def test_camera_overlays_the_photo(synthetic_face):
     assert local.z < 0  # in front of the camera
 
 
+def test_camera_background_is_turned_upright_like_the_reconstruction(synthetic_face, tmp_path):
+    """A phone portrait: landscape pixels + EXIF orientation 6. The result is in upright
+    pixels (OpenCV applies the tag), so the background must be upright too."""
+    import cv2
+
+    from tests.core.test_exif import jpeg_with_orientation
+
+    upright = np.zeros((PHOTO_SIZE[1], PHOTO_SIZE[0], 3), np.uint8)  # (H, W) of the result
+    upright[: PHOTO_SIZE[1] // 4, : PHOTO_SIZE[0] // 4] = (250, 250, 250)  # bright top-left
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # what the phone wrote
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(jpeg_with_orientation(stored, 6))
+    decoded = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == upright.shape[:2]  # OpenCV turns it upright
+    obj = scene.build_face_object(synthetic_face, "face", camera=True, photo_path=path)
+    image = scene.face_camera(obj).data.background_images[0].image
+    assert tuple(image.size) == PHOTO_SIZE and image.packed_file is not None
+    pixels = np.empty(PHOTO_SIZE[0] * PHOTO_SIZE[1] * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    top_down = pixels.reshape(PHOTO_SIZE[1], PHOTO_SIZE[0], 4)[::-1]
+    h, w = PHOTO_SIZE[1] // 8, PHOTO_SIZE[0] // 8
+    assert top_down[:h, :w, 0].mean() > 0.9  # bright corner at the top left, as in the result
+    assert top_down[-h:, -w:, 0].mean() < 0.1
+    assert not [i for i in bpy.data.images if i.filepath == str(path)]  # no sideways copy
+
+
 def test_frontal_option_undoes_the_head_rotation(layout):
     from prn_blender.core.pose import HeadPose, rotation_from_angles
 
