@@ -305,19 +305,27 @@ def training_jobs(out_dir: Path) -> list[tuple[str, int, list[str], str]]:
 
 
 def ensure_teachers(shared: Path, cache: Path) -> None:
-    """Run the teachers whose cache files are missing (each file is written atomically, so an
-    interrupted run starts that teacher again): 3DDFA-V2 on every face, then MediaPipe in its
-    own pinned virtual environment (created on first use)."""
+    """Run the teachers whose cache files are missing, side by side in two processes: MediaPipe
+    in its own pinned virtual environment (created on first use; a subprocess per face set,
+    watched from a thread) while 3DDFA-V2 runs here on one torch thread. Each file is written
+    atomically, so an interrupted run redoes only the missing ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from . import mediapipe_teacher, tddfa
 
     teachers = cache / "teachers"
-    if not (teachers / "tddfa68.npz").is_file():
-        print("landmark teacher (3DDFA-V2) on every face ...")
-        tddfa.run_teacher_on_all(teachers / "tddfa68.npz")
-    if not all((teachers / f"mediapipe478_{stem}.npz").is_file()
-               for stem in MEDIAPIPE_FILES.values()):
-        print("dense teacher (MediaPipe FaceMesh, own venv) on every face ...")
-        mediapipe_teacher.run_all(teachers, shared / "data" / "faces")
+    need_dense = not all((teachers / f"mediapipe478_{stem}.npz").is_file()
+                         for stem in MEDIAPIPE_FILES.values())
+    with ThreadPoolExecutor(1) as pool:
+        dense = None
+        if need_dense:
+            print("dense teacher (MediaPipe FaceMesh, own venv) on every face ...")
+            dense = pool.submit(mediapipe_teacher.run_all, teachers, shared / "data" / "faces")
+        if not (teachers / "tddfa68.npz").is_file():
+            print("landmark teacher (3DDFA-V2) on every face ...")
+            tddfa.run_teacher_on_all(teachers / "tddfa68.npz")
+        if dense is not None:
+            dense.result()  # re-raises a failed MediaPipe run
 
 
 def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2) -> int:

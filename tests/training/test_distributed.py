@@ -119,6 +119,48 @@ def test_two_gloo_ranks_train_like_one_process_accumulating_their_micro_batches(
     assert worst < 1e-5  # float rounding of the all-reduce, through 3 Adam steps
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_nodes_with_c10d_rendezvous_train_like_two_local_ranks(data, tmp_path):
+    """Multi-node path on one machine: two launchers (--nnodes=2, one rank each) meet through
+    the c10d rendezvous, as two SLURM nodes would; weights equal the accumulated reference."""
+    shards, layout = data
+    endpoint = f"127.0.0.1:{_free_port()}"
+    run_id = uuid.uuid4().hex[:8]
+    launchers = []
+    for _node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+               "--nproc_per_node=1", f"--rdzv-id={run_id}", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint={endpoint}", "-m", "prn_blender.training", "train",
+               "--shards", str(shards), "--layout", str(layout), "--out", str(tmp_path / "mn"),
+               "--width", str(WIDTH), "--batch", str(BATCH), "--lr", str(LR),
+               "--seed", str(SEED), "--num-workers", "0", "--no-bf16", "--threads", "1",
+               "--no-eval", "--max-steps", str(STEPS)]
+        launchers.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for proc in launchers:
+        try:
+            outputs.append(proc.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in launchers:
+                other.kill()
+            pytest.fail("the two-node rendezvous did not finish in 240 s")
+    assert [p.returncode for p in launchers] == [0, 0], "\n".join(outputs)
+    assert "2 process(es)" in "".join(outputs)
+    state = load_checkpoint(tmp_path / "mn" / "last.pt")
+    assert (state["step"], state["world_size"]) == (STEPS, 2)
+    reference = _reference_run(data)
+    worst = max(float((state["model"][k] - reference[k]).abs().max()) for k in reference)
+    assert worst < 1e-5
+
+
 def _rank_pids(tag: str, rank: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
