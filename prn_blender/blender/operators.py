@@ -78,6 +78,26 @@ def get_client(context: bpy.types.Context | None = None) -> WorkerClient:
     return _CLIENT
 
 
+def prewarm_worker(context: bpy.types.Context | None = None) -> threading.Thread | None:
+    """Start the worker on a background thread while the artist is still choosing a photo, so
+    its start-up (Python + torch import + weights, several seconds) is mostly over by the time
+    they click Import. Failures are silent here: the reconstruction itself starts the worker
+    again and reports them. None when the worker already runs."""
+    client = get_client(context)
+    if client.is_alive() and client.info:
+        return None
+
+    def start() -> None:
+        try:
+            client.start()
+        except Exception:  # reported by the real start in the batch
+            pass
+
+    thread = threading.Thread(target=start, name="prn-prewarm", daemon=True)
+    thread.start()
+    return thread
+
+
 def shutdown_client() -> None:
     """Stop the session's worker (unregister, preference changes, tests)."""
     global _CLIENT, _CLIENT_KEY
@@ -278,6 +298,10 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
             texture_size = prefs.texture_size
         return ReconstructOptions(faces=FaceSelection(self.faces), texture_size=texture_size,
                                   occlusion_mask=self.occlusion_mask)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        prewarm_worker(context)
+        return super().invoke(context, event)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         global _ACTIVE_BATCH

@@ -239,3 +239,25 @@ def test_empty_weights_preference_leaves_the_choice_to_the_worker():
         prefs.weights_path = saved
     assert settings["weights"] is None  # the worker then tries $PRN_BLENDER_WEIGHTS, the package
     assert settings["device"] == prefs.device
+
+
+def test_prewarm_starts_the_worker_before_the_photo_is_chosen(fake_worker, photo):
+    thread = operators.prewarm_worker(bpy.context)
+    assert thread is not None
+    thread.join(60)
+    client = operators.get_client(bpy.context)
+    assert client.is_alive() and client.info
+    pid = client._process.pid
+    assert operators.prewarm_worker(bpy.context) is None  # already running: nothing to do
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
+    assert operators.get_client(bpy.context)._process.pid == pid  # the job used that worker
+
+
+def test_a_failed_prewarm_is_reported_by_the_reconstruction(fake_worker, photo, tmp_path):
+    prefs = bpy.context.preferences.addons["prn_blender"].preferences
+    prefs.python_path = str(tmp_path / "no-such-python")
+    operators.shutdown_client()
+    thread = operators.prewarm_worker(bpy.context)
+    thread.join(60)  # fails quietly
+    with pytest.raises(RuntimeError, match="no-such-python"):
+        bpy.ops.prn.reconstruct_face(filepath=str(photo))
