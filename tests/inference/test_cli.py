@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from prn_blender.inference.cli import main
-from prn_blender.net.weights import WEIGHTS_ENV, default_weights_path
 
 
 @pytest.fixture()
@@ -65,13 +64,9 @@ def test_untrained_weights_are_refused_without_the_flag(astronaut_jpg, tmp_path,
 
 
 def test_demo_without_weights_fails_with_the_training_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    try:
-        default_weights_path()
-    except Exception:
-        pass
-    else:
-        pytest.skip("trained weights are installed")
+    from tests.inference.test_reconstructor import _without_installed_weights
+
+    _without_installed_weights(monkeypatch)
     code = main(["demo", "-o", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err

@@ -17,14 +17,22 @@ from prn_blender.net.weights import WEIGHTS_ENV, default_weights_path
 from tests.inference.conftest import ASTRONAUT_FACE_BOX
 
 
-def test_no_installed_weights_names_the_training_command(monkeypatch) -> None:
+def _without_installed_weights(monkeypatch) -> None:
+    """As on a machine where model_weights/ has no weights file (whether or not this one has)."""
+    import prn_blender.net.weights as weights_module
+    from prn_blender.errors import LayoutError
+
+    def missing(filename: str, explicit=None):
+        raise LayoutError(f"Cannot find '{filename}'")
+
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    try:
+    monkeypatch.setattr(weights_module, "find_data_file", missing)
+
+
+def test_no_installed_weights_names_the_training_command(monkeypatch) -> None:
+    _without_installed_weights(monkeypatch)
+    with pytest.raises(WeightsError, match="No trained PRN weights"):
         default_weights_path()
-    except WeightsError:
-        pass
-    else:
-        pytest.skip("trained weights are installed")
     with pytest.raises(WeightsError, match=r"python -m prn_blender\.training train"):
         Reconstructor()
 
