@@ -82,7 +82,10 @@ def prewarm_worker(context: bpy.types.Context | None = None) -> threading.Thread
     """Start the worker on a background thread while the artist is still choosing a photo, so
     its start-up (Python + torch import + weights, several seconds) is mostly over by the time
     they click Import. Failures are silent here: the reconstruction itself starts the worker
-    again and reports them. None when the worker already runs."""
+    again and reports them. None when the worker already runs or a batch is using it (never
+    replace the client under a running batch)."""
+    if _ACTIVE_BATCH is not None and not _ACTIVE_BATCH.finished:
+        return None
     client = get_client(context)
     if client.is_alive() and client.info:
         return None
@@ -301,7 +304,7 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         prewarm_worker(context)
-        return super().invoke(context, event)
+        return ImportHelper.invoke(self, context, event)  # opens the file browser
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         global _ACTIVE_BATCH

@@ -40,14 +40,15 @@ def umeyama_similarity(
     """Least-squares similarity without reflection (Umeyama 1991): target ~ s R source + t,
     optionally with per-point weights (the weighted means and covariance of the same solution).
 
-    source, target: (N, 3) corresponding points (rows with a non-finite value are ignored);
-    weights: (N,) >= 0 or None. Returns (s, R (3, 3) float64 with det +1, t (3,) float64)."""
+    source, target: (N, 3) corresponding points (rows with a non-finite value or a zero weight
+    are ignored); weights: (N,) >= 0 or None.
+    Returns (s, R (3, 3) float64 with det +1, t (3,) float64)."""
     src = np.asarray(source, dtype=np.float64)
     dst = np.asarray(target, dtype=np.float64)
     ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
     if weights is not None:
         w = np.asarray(weights, dtype=np.float64)
-        ok &= np.isfinite(w)
+        ok &= np.isfinite(w) & (w > 0)  # zero-weight points must not count towards the 3
         w = w[ok]
     src, dst = src[ok], dst[ok]
     if src.shape[0] < 3:

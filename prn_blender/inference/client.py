@@ -305,8 +305,13 @@ class WorkerClient:
 
     def shutdown(self) -> None:
         """Ask the worker to exit (kill it after a few seconds), cancel pending jobs, and
-        remove this client's temporary files. Safe to call twice."""
-        with self._start_lock:
+        remove this client's temporary files. Safe to call twice, and from another thread
+        while `start` runs there: its process is killed so the start fails at once instead of
+        keeping the caller (Blender's UI thread) waiting for the model to load."""
+        while not self._start_lock.acquire(timeout=0.2):
+            if self._process is not None:
+                self._stop_process(reason="The worker was shut down")
+        try:
             p = self._process
             if p is not None and p.poll() is None and self._dead_reason is None:
                 with contextlib.suppress(PrnError):
@@ -315,6 +320,8 @@ class WorkerClient:
                     p.wait(timeout=SHUTDOWN_WAIT_S)
             self._stop_process(reason="The worker was shut down")
             self.info = {}
+        finally:
+            self._start_lock.release()
 
     def __enter__(self) -> WorkerClient:
         self.start()
@@ -410,6 +417,7 @@ class WorkerClient:
             job._finish("cancelled", error=CancelledError(f"{reason}; the job was dropped."))
         for waiter in waiters:
             waiter.put(None)
+        self._hello.put(None)  # a start waiting for the worker's hello fails now
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None

@@ -62,13 +62,17 @@ def _targets_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--cache", type=Path, default=REPO / "cache")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-mediapipe", dest="mediapipe", action="store_false",
+                        help="do not run the MediaPipe dense teacher (no extra venv); "
+                             "its cached files are still used when present")
 
 
 @command("targets", "fit ICT to the teachers and write target shards (resumable)", _targets_args)
 def _targets(args: argparse.Namespace) -> int:
     from .targets import make_targets
 
-    return 1 if make_targets(args.out, args.shared, args.cache, args.workers) else 0
+    return 1 if make_targets(args.out, args.shared, args.cache, args.workers,
+                              args.mediapipe) else 0
 
 
 def _report_args(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,13 @@
 """Resumable parallel work over fixed chunks, for target preparation (DESIGN.md section 2).
 
 The manifest is the output folder itself: a chunk is done when its record `<chunk id>.done.json`
-exists. A worker writes its outputs first (atomically, tmp + os.replace) and the record last,
-so a chunk is either complete or redone; it is never half-counted. The driver:
+exists, parses, carries the run's `stamp` (the settings the outputs depend on) and, if the
+caller gives `outputs_exist`, its outputs are still there. A worker writes its outputs first
+(atomically, tmp + os.replace) and the record last, so a chunk is either complete or redone;
+it is never half-counted. The driver:
 
-- skips chunks whose record exists (a re-run after any crash resumes where it stopped);
+- skips chunks that are done (a re-run after any crash resumes where it stopped; a re-run with
+  other settings redoes everything);
 - runs the rest in a `ProcessPoolExecutor`; when a worker process dies (OOM kill, segfault,
   kill -9) the pool breaks, and the chunks without a record are simply submitted again to a
   fresh pool, up to `retries` times. Chunks that finished before the crash are not redone,
@@ -38,21 +41,37 @@ def record_path(out_dir: Path, chunk_id: str) -> Path:
     return Path(out_dir) / f"{chunk_id}.done.json"
 
 
-def write_record(out_dir: Path, chunk_id: str, figures: dict[str, float]) -> None:
-    """Mark a chunk done (atomically). Call after its outputs are in place."""
+def write_record(out_dir: Path, chunk_id: str, figures: dict[str, float],
+                 stamp: dict[str, Any] | None = None) -> None:
+    """Mark a chunk done (atomically, flushed to disk). Call after its outputs are in place."""
     path = record_path(out_dir, chunk_id)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(figures) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps({"stamp": stamp or {}, "figures": figures}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def read_records(out_dir: Path, chunk_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-    """The records of those chunks that are done."""
+def read_records(out_dir: Path, chunk_ids: Sequence[str], stamp: dict[str, Any] | None = None,
+                 outputs_exist: Callable[[str], bool] | None = None,
+                 ) -> dict[str, dict[str, float]]:
+    """{chunk: figures} of the chunks that are done (see the module docstring); a record that
+    does not parse (a crash mid-write on a file system without ordering) counts as not done."""
     done = {}
     for chunk_id in chunk_ids:
         path = record_path(out_dir, chunk_id)
-        if path.is_file():
-            done[chunk_id] = json.loads(path.read_text())
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("stamp") != (stamp or {}):
+            continue
+        if outputs_exist is not None and not outputs_exist(chunk_id):
+            continue
+        done[chunk_id] = record.get("figures", {})
     return done
 
 
@@ -79,9 +98,10 @@ class ChunkRun:
         return out
 
 
-def _run_and_record(fn: ChunkFn, chunk_id: str, job: Any, out_dir: str) -> dict[str, float]:
+def _run_and_record(fn: ChunkFn, chunk_id: str, job: Any, out_dir: str,
+                    stamp: dict[str, Any]) -> dict[str, float]:
     figures = fn(job)
-    write_record(Path(out_dir), chunk_id, figures)
+    write_record(Path(out_dir), chunk_id, figures, stamp)
     return figures
 
 
@@ -94,29 +114,38 @@ def run_chunks(
     initargs: tuple = (),
     retries: int = 3,
     desc: str = "chunks",
+    stamp: dict[str, Any] | None = None,
+    outputs_exist: Callable[[str], bool] | None = None,
 ) -> ChunkRun:
-    """Run `fn(job)` for every (chunk id, job) without a done record, in `workers` processes
-    (fork start method: workers inherit the parent's imports). See the module docstring."""
+    """Run `fn(job)` for every (chunk id, job) that is not done, in `workers` processes (fork
+    start method: workers inherit the parent's imports and globals). `stamp`: JSON-able
+    settings the outputs depend on; `outputs_exist(chunk_id)`: whether a chunk's outputs are
+    still on disk. See the module docstring."""
+    stamp = dict(stamp or {})
+
+    def is_done(chunk_id: str) -> bool:
+        return bool(read_records(out_dir, [chunk_id], stamp, outputs_exist))
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = [chunk_id for chunk_id, _ in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("chunk ids must be unique")
     result = ChunkRun()
-    bar = tqdm(total=len(jobs), desc=desc, initial=len(read_records(out_dir, ids)))
+    bar = tqdm(total=len(jobs), desc=desc,
+               initial=len(read_records(out_dir, ids, stamp, outputs_exist)))
     for attempt in range(retries + 1):
-        todo = [(c, j) for c, j in jobs
-                if c not in result.failed and not record_path(out_dir, c).is_file()]
+        todo = [(c, j) for c, j in jobs if c not in result.failed and not is_done(c)]
         if not todo:
             break
         if attempt:
             result.pool_restarts += 1
-            bar.write(f"a worker process died: redoing its {len(todo)} unfinished chunk(s) "
-                      f"(restart {attempt} of {retries})")
+            bar.write(f"a worker process died (or its initialiser failed): redoing the "
+                      f"{len(todo)} unfinished chunk(s) (restart {attempt} of {retries})")
         try:
             with ProcessPoolExecutor(workers, mp.get_context("fork"), initializer,
                                      initargs) as pool:
-                pending = {pool.submit(_run_and_record, fn, c, j, str(out_dir)): c
+                pending = {pool.submit(_run_and_record, fn, c, j, str(out_dir), stamp): c
                            for c, j in todo}
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -134,6 +163,6 @@ def run_chunks(
         except BrokenProcessPool:
             continue
     bar.close()
-    result.done = read_records(out_dir, ids)
+    result.done = read_records(out_dir, ids, stamp, outputs_exist)
     result.missing = [c for c in ids if c not in result.done]
     return result

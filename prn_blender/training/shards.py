@@ -58,6 +58,9 @@ def write_shard(
     stem.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.zeros(count + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(j) for j in jpegs])
+    # The .npz is what marks a shard present: drop an old one first so that a crash between
+    # the two replaces never pairs new maps with old metadata.
+    stem.with_name(stem.name + ".npz").unlink(missing_ok=True)
     maps_tmp = stem.with_name(stem.name + ".maps.tmp.npy")
     np.save(maps_tmp, np.asarray(position_maps, dtype=np.float16))
     os.replace(maps_tmp, _maps_path(stem))

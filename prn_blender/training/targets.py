@@ -35,7 +35,7 @@ from .fit import (
     locate_texels_in_ict,
     surface_basis,
 )
-from .shards import write_shard
+from .shards import _maps_path, write_shard
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,6 +236,7 @@ def load_teachers(cache: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[s
 
 
 MEDIAPIPE_FILES = {"300w": "300w", "aflw": "aflw_gt_crop", "utkface": "utkface"}
+TEACHER_FILES = ("tddfa68.npz", *(f"mediapipe478_{stem}.npz" for stem in MEDIAPIPE_FILES.values()))
 
 
 _CTX: TargetContext | None = None
@@ -304,17 +305,18 @@ def training_jobs(out_dir: Path) -> list[tuple[str, int, list[str], str]]:
     return jobs
 
 
-def ensure_teachers(shared: Path, cache: Path) -> None:
+def ensure_teachers(shared: Path, cache: Path, mediapipe: bool = True) -> None:
     """Run the teachers whose cache files are missing, side by side in two processes: MediaPipe
     in its own pinned virtual environment (created on first use; a subprocess per face set,
     watched from a thread) while 3DDFA-V2 runs here on one torch thread. Each file is written
-    atomically, so an interrupted run redoes only the missing ones."""
+    atomically, so an interrupted run redoes only the missing ones. `mediapipe=False` skips the
+    dense teacher (no extra venv; the fit then uses the 68 and the hand labels only)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import mediapipe_teacher, tddfa
 
     teachers = cache / "teachers"
-    need_dense = not all((teachers / f"mediapipe478_{stem}.npz").is_file()
+    need_dense = mediapipe and not all((teachers / f"mediapipe478_{stem}.npz").is_file()
                          for stem in MEDIAPIPE_FILES.values())
     with ThreadPoolExecutor(1) as pool:
         dense = None
@@ -328,16 +330,42 @@ def ensure_teachers(shared: Path, cache: Path) -> None:
             dense.result()  # re-raises a failed MediaPipe run
 
 
-def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2) -> int:
+def targets_stamp(cache: Path) -> dict:
+    """The settings the shards depend on; a chunk recorded under other settings is redone."""
+    from dataclasses import asdict
+
+    assert _CTX is not None
+    teachers = cache / "teachers"
+    return {
+        "fit": asdict(_CTX.settings),
+        "layout_id": _CTX.layout.layout_id,
+        "reject_rms": REJECT_RMS,
+        "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
+        "chunk_size": CHUNK_SIZE,
+        "teachers": {name: (teachers / name).stat().st_size for name in TEACHER_FILES
+                     if (teachers / name).is_file()},
+    }
+
+
+def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
+                 mediapipe: bool = True) -> int:
     """Teachers (if not cached), then fit + rasterise in `workers` processes, one shard per
     chunk, resumable through per-chunk done records (parallel.py). Returns the number of
     chunks still missing (0 = complete)."""
     from .parallel import run_chunks
 
-    ensure_teachers(shared, cache)
+    ensure_teachers(shared, cache, mediapipe=mediapipe)
+    # Load once in the parent: a broken input fails here with its own message instead of
+    # as a broken pool, and the forked workers inherit the loaded context.
+    _init_worker(str(shared), str(cache))
     jobs = [(f"{job[0]}-{job[1]:04d}", job) for job in training_jobs(out_dir)]
-    run = run_chunks(jobs, _make_chunk, out_dir, workers, _init_worker,
-                     (str(shared), str(cache)), desc="target chunks")
+
+    def outputs_exist(chunk_id: str) -> bool:
+        stem = Path(out_dir) / chunk_id
+        return stem.with_name(stem.name + ".npz").is_file() and _maps_path(stem).is_file()
+
+    run = run_chunks(jobs, _make_chunk, out_dir, workers, None, (), desc="target chunks",
+                     stamp=targets_stamp(cache), outputs_exist=outputs_exist)
     total = run.totals()
     if total.get("faces"):
         labelled = max(total.get("labelled", 0.0), 1.0)

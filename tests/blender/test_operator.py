@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,23 +242,50 @@ def test_empty_weights_preference_leaves_the_choice_to_the_worker():
     assert settings["device"] == prefs.device
 
 
-def test_prewarm_starts_the_worker_before_the_photo_is_chosen(fake_worker, photo):
-    thread = operators.prewarm_worker(bpy.context)
-    assert thread is not None
-    thread.join(60)
+def test_invoking_the_import_prewarms_the_worker(fake_worker, photo, monkeypatch):
+    """Opening the file browser (invoke) starts the worker in the background; the job then
+    runs on that same worker."""
+    from types import SimpleNamespace
+
+    assert operators.get_client(bpy.context)._process is None
+    opened = []  # headless Blender has no window for the file browser: record the call
+    monkeypatch.setattr(operators.ImportHelper, "invoke",
+                        lambda self, context, event: opened.append(self) or {"RUNNING_MODAL"})
+    operator = SimpleNamespace()
+    assert operators.PRN_OT_reconstruct_face.invoke(operator, bpy.context, None) == \
+        {"RUNNING_MODAL"}
+    assert opened == [operator]
     client = operators.get_client(bpy.context)
+    deadline = time.monotonic() + 60
+    while not (client.is_alive() and client.info) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.is_alive() and client.info
     pid = client._process.pid
     assert operators.prewarm_worker(bpy.context) is None  # already running: nothing to do
     assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
-    assert operators.get_client(bpy.context)._process.pid == pid  # the job used that worker
+    assert operators.get_client(bpy.context)._process.pid == pid
 
 
-def test_a_failed_prewarm_is_reported_by_the_reconstruction(fake_worker, photo, tmp_path):
+def test_a_failed_prewarm_is_quiet_and_the_reconstruction_reports_it(
+    fake_worker, photo, tmp_path, monkeypatch,
+):
+    escaped: list = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
     prefs = bpy.context.preferences.addons["prn_blender"].preferences
     prefs.python_path = str(tmp_path / "no-such-python")
     operators.shutdown_client()
     thread = operators.prewarm_worker(bpy.context)
-    thread.join(60)  # fails quietly
+    thread.join(60)
+    assert not thread.is_alive() and escaped == []
     with pytest.raises(RuntimeError, match="no-such-python"):
         bpy.ops.prn.reconstruct_face(filepath=str(photo))
+
+
+def test_prewarm_never_touches_the_client_of_a_running_batch(fake_worker, photo, monkeypatch):
+    class Running:
+        finished = False
+
+    monkeypatch.setattr(operators, "_ACTIVE_BATCH", Running())
+    before = operators._CLIENT
+    assert operators.prewarm_worker(bpy.context) is None
+    assert operators._CLIENT is before

@@ -91,6 +91,8 @@ def test_umeyama_recovers_a_similarity_and_weights_ignore_outliers():
     assert scale == pytest.approx(2.5, abs=1e-9)
     np.testing.assert_allclose(r, rotation, atol=1e-9)
     assert umeyama_similarity(source, corrupted)[0] != pytest.approx(2.5, abs=1e-3)
+    with pytest.raises(ValueError, match="got 2"):  # zero weights do not count towards the 3
+        umeyama_similarity(source[:5], target[:5], np.r_[0.0, 0.0, 0.0, 1.0, 1.0])
 
 
 def test_estimate_pose_ignores_nan_vertices(synthetic_layout):

@@ -275,3 +275,32 @@ def test_client_module_imports_neither_torch_nor_cv2():
                           timeout=60, cwd=str(Path(__file__).resolve().parents[2]))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_shutdown_during_a_slow_start_returns_at_once_and_fails_the_start(tmp_path):
+    """Blender's UI thread may shut the client down while a prewarm thread is still waiting
+    for the worker to load: that must not block it for the start timeout."""
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nexec sleep 600\n")  # never says hello
+    slow.chmod(0o755)
+    client = WorkerClient(str(slow), device="cpu", start_timeout_s=120)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            client.start()
+        except BaseException as error:  # collected for the assertion
+            errors.append(error)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while client._process is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client._process is not None
+    began = time.monotonic()
+    client.shutdown()
+    assert time.monotonic() - began < 5
+    thread.join(10)
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], WorkerError)
+    assert not client.is_alive()

@@ -106,7 +106,28 @@ def test_killing_the_whole_run_then_rerunning_completes_without_redoing_done_chu
     assert set(run.ran).isdisjoint(done_before)
     for chunk_id in done_before:
         assert _attempts(tmp_path, chunk_id) == 1
-    assert json.loads((tmp_path / "c5.done.json").read_text()) == {"faces": 5.0, "chunks": 1.0}
+    assert json.loads((tmp_path / "c5.done.json").read_text())["figures"] == \
+        {"faces": 5.0, "chunks": 1.0}
+
+
+def test_chunks_are_redone_under_other_settings_or_when_their_outputs_are_gone(tmp_path):
+    def outputs_exist(chunk_id: str) -> bool:
+        return (tmp_path / f"{chunk_id}.out").is_file()
+
+    first = run_chunks(_jobs(tmp_path, 4), square_chunk, tmp_path, workers=2,
+                       stamp={"weight": 10}, outputs_exist=outputs_exist)
+    assert len(first.ran) == 4
+    (tmp_path / "c1.out").unlink()
+    (tmp_path / "c2.done.json").write_text('{"stamp": {"weight"')  # torn write
+    again = run_chunks(_jobs(tmp_path, 4), square_chunk, tmp_path, workers=2,
+                       stamp={"weight": 10}, outputs_exist=outputs_exist)
+    assert sorted(again.ran) == ["c1", "c2"] and not again.missing
+    assert [_attempts(tmp_path, f"c{i}") for i in range(4)] == [1, 2, 2, 1]
+    other = run_chunks(_jobs(tmp_path, 4), square_chunk, tmp_path, workers=2,
+                       stamp={"weight": 3}, outputs_exist=outputs_exist)
+    assert len(other.ran) == 4
+    assert read_records(tmp_path, ["c0"], {"weight": 10}) == {}
+    assert read_records(tmp_path, ["c0"], {"weight": 3}) == {"c0": {"faces": 0.0, "chunks": 1.0}}
 
 
 def test_duplicate_chunk_ids_are_refused(tmp_path):
