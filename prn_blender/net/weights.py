@@ -124,6 +124,7 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
+    os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are shipped and shared read-only
     os.replace(tmp, path)
 
 

@@ -35,7 +35,10 @@ def downsample_sample(crop: np.ndarray, target_px: np.ndarray, weights: np.ndarr
 
     Target values stay in R-crop pixels: the network's normalised output times R (`PRNet`'s
     256 scale) then still means R-crop pixels at any input size, because position / side is
-    what the sigmoid regresses. The weight of a block is the mean weight of its texels."""
+    what the sigmoid regresses. The weight of a block is the mean weight of its texels.
+    At the face mask's border a block is only partly valid, so its target is the mean of the
+    valid texels, not of the block's centre: up to half a coarse texel off along the border.
+    Those blocks have a lower weight, and the 256 px stage that follows removes the bias."""
     side = crop.shape[0]
     if side % size:
         raise ValueError(f"training resolution {size} must divide the crop side {side}")

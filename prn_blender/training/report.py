@@ -9,8 +9,8 @@ training face with hand labels (300W: 51 points without the jaw; AFLW: 19 points
 * the MediaPipe dense teacher, mapped to 68 by model_weights/eval_point_maps.json (scored on the
   faces it detected; its detection rate is reported beside it).
 
-The 300W and AFLW targets were fitted WITH the hand labels (weight 3, like 300W-LP's fits), so
-on those faces they are expected to beat both teachers; the labels-free figure (fit to the
+The 300W and AFLW targets were fitted WITH the hand labels (FitSettings.label_weight), so on
+those faces they are expected to beat both teachers; the labels-free figure (fit to the
 teachers only, scored on dev faces) is in docs/TRAINING.md. Also draws a few overlays (storage
 crop with the target's 68 points, and the target's depth in UV space) to look at.
 """

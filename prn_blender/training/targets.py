@@ -137,7 +137,8 @@ class TargetContext:
     model: KeptModel
     basis: SurfaceBasis
     """Rows 0-67: calibrated 68; then the MediaPipe partners (`mediapipe_index`); then the 21
-    AFLW points (`aflw_row0` + AFLW index; ears are NaN rows, never used)."""
+    AFLW points (`aflw_row0` + AFLW index; the ears have no 68-point partner: zero rows,
+    never used)."""
     mediapipe_index: np.ndarray
     settings: FitSettings
 

@@ -72,6 +72,7 @@ def test_save_load_round_trip_keeps_bn_stats_and_metadata(trained_like: PRNet, s
     assert info == WeightsInfo(LAYOUT, 13_353_618, True, "unit test", "n/a",
                                sha256=file_sha256(saved))
     assert saved.stat().st_size < 30_000_000  # fp16: about 27 MB
+    assert saved.stat().st_mode & 0o777 == 0o644  # shippable: readable by every user
 
 
 def test_layout_mismatch_is_refused(saved: Path) -> None:

@@ -28,7 +28,7 @@ from prn_blender.training.train import load_checkpoint
 from tests.training.synthetic_shards import synthetic_layout, write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[2]
-SEED, LR, WIDTH, BATCH, WORLD, FACES, STEPS = 3, 1e-3, 8, 2, 2, 8, 3
+SEED, LR, WIDTH, BATCH, WORLD, FACES, STEPS = 3, 1e-3, 16, 2, 2, 8, 3  # width: see test_train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,79 @@
+"""The shipped trained weights (model_weights/prnet_ict256.safetensors): format, default use,
+and accuracy on real faces against references they were never trained on.
+
+Skipped only while no weights are shipped (before the first weights commit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs_shared
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "model_weights" / "prnet_ict256.safetensors"
+YUNET = REPO / "model_weights" / "face_detection_yunet_2023mar.onnx"
+
+pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="no trained weights shipped yet")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from prn_blender.inference.reconstructor import Reconstructor
+
+    return Reconstructor(device="cpu")
+
+
+def test_shipped_weights_are_trained_fp16_for_this_layout_and_the_default(shipped) -> None:
+    from safetensors import safe_open
+
+    assert shipped.weights_path.resolve() == SHIPPED.resolve()
+    assert shipped.trained and shipped.info.layout_id == shipped.layout.layout_id
+    with safe_open(str(SHIPPED), "pt") as fh:
+        tensors = [fh.get_tensor(k) for k in fh.keys()]
+    assert {str(t.dtype) for t in tensors if t.is_floating_point()} == {"torch.float16"}
+    assert shipped.info.dev_nme, "the model card figures travel with the weights"
+
+
+def _yunet_five_points(rgb: np.ndarray) -> np.ndarray:
+    """YuNet's 5 points of the largest face (right eye, left eye, nose tip, right and left
+    mouth corner as the viewer sees them: image-left first), photo px."""
+    import cv2
+
+    detector = cv2.FaceDetectorYN.create(str(YUNET), "", (rgb.shape[1], rgb.shape[0]), 0.6)
+    _, faces = detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    face = faces[np.argmax(faces[:, 2] * faces[:, 3])]
+    return face[4:14].reshape(5, 2)
+
+
+def test_astronaut_landmarks_agree_with_an_independent_detector(shipped, astronaut) -> None:
+    """The shipped network's eyes, nose tip and mouth corners on the public-domain astronaut
+    photo against YuNet's 5 points (a different model, different training data)."""
+    (face,) = shipped.reconstruct(astronaut)
+    lm = face.landmarks[:, :2]
+    ours = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+    theirs = _yunet_five_points(astronaut)
+    interocular = np.linalg.norm(theirs[0] - theirs[1])
+    errors = np.linalg.norm(ours - theirs, axis=1) / interocular
+    assert errors.max() < MAX_FIVE_POINT_ERROR, errors
+    # Frontal photo: the estimated head pose is near frontal.
+    assert abs(face.pose.yaw_deg) < 20 and abs(face.pose.roll_deg) < 15
+
+
+@needs_shared
+def test_dev_faces_nme_is_close_to_the_model_card(shipped) -> None:
+    """NME on the first dev faces (never trained on) of 300W and AFLW."""
+    from prn_blender.training.evaluate import NetworkLandmarks, dev_data, score
+
+    run = NetworkLandmarks(shipped.model, shipped.layout, shipped.device)
+    for set_name, (records, images, boxes) in dev_data(limit=60).items():
+        figures = score(records, run(images, boxes), set_name)
+        assert figures["all"] < MAX_DEV_NME[set_name], (set_name, figures)
+
+
+MAX_FIVE_POINT_ERROR = 0.25
+"""Fraction of YuNet's interocular distance; set from the first shipped weights (see below)."""
+MAX_DEV_NME = {"300w": 10.0, "aflw": 12.0}
+"""Percent; set from the first shipped weights with a margin over their measured figures."""
