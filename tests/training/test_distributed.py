@@ -117,6 +117,20 @@ def test_two_gloo_ranks_train_like_one_process_accumulating_their_micro_batches(
     print(f"DDP vs accumulated single process: max |diff| {worst:.2e} (params moved {moved:.2e})")
     assert moved > 1e-3
     assert worst < 1e-5  # float rounding of the all-reduce, through 3 Adam steps
+    # The 2-rank checkpoint resumes in 1 process (same effective batch) where the ranks stopped.
+    shards, layout = data
+    resumed = subprocess.run(
+        [sys.executable, "-m", "prn_blender.training", "train", "--shards", str(shards),
+         "--layout", str(layout), "--out", str(tmp_path / "ddp"), "--resume",
+         "--width", str(WIDTH), "--batch", str(WORLD * BATCH), "--lr", str(LR),
+         "--seed", str(SEED), "--num-workers", "0", "--no-bf16", "--threads", "1",
+         "--no-eval", "--max-steps", str(STEPS + 1)],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming at step {STEPS}" in resumed.stdout + resumed.stderr
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert (state["step"], state["epoch"], state["position"], state["world_size"]) == \
+        (STEPS + 1, 2, 0, 1)
 
 
 def _free_port() -> int:
