@@ -29,7 +29,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..core.exif import file_orientation, make_upright
+from ..core.exif import file_orientation, make_upright, upright_size
 from ..core.frames import photo_to_blender
 from ..core.pose import frontalize
 from ..core.result import FaceResult
@@ -188,11 +188,19 @@ def _packed_image(name: str, rgb: np.ndarray, created: _Created,
     return image
 
 
-def _upright_photo(photo_path: str, created: _Created) -> bpy.types.Image:
+def _upright_photo(photo_path: str, created: _Created,
+                   expected_size: tuple[int, int]) -> bpy.types.Image | None:
     """The photo as a packed image, turned upright by its EXIF orientation like the decoder
-    the reconstruction used (core.exif); Blender's own loader ignores the tag."""
+    the reconstruction used (core.exif); Blender's own loader ignores the tag. None (and
+    nothing left behind) when the file's upright size is not `expected_size`, the (width,
+    height) that was reconstructed: the file changed since, and a background of another
+    size would not line up with the mesh."""
     photo = created.add(bpy.data.images.load(photo_path, check_existing=False))
     orientation = file_orientation(photo_path)
+    if upright_size(*photo.size, orientation) != tuple(expected_size):
+        bpy.data.images.remove(photo)
+        created.items.remove(photo)
+        return None
     if orientation == 1:
         photo.pack()
         return photo
@@ -292,8 +300,10 @@ def _build_camera(
     camera_data.sensor_fit = "AUTO"
     camera_data.clip_start = 0.01
     camera_data.clip_end = 100.0
+    photo = None
     if photo_path and os.path.isfile(photo_path):
-        photo = _upright_photo(photo_path, created)
+        photo = _upright_photo(photo_path, created, (int(width), int(height)))
+    if photo is not None:
         background = camera_data.background_images.new()
         background.image = photo
         background.alpha = 1.0

@@ -178,6 +178,18 @@ def test_camera_background_is_turned_upright_like_the_reconstruction(synthetic_f
     assert not [i for i in bpy.data.images if i.filepath == str(path)]  # no sideways copy
 
 
+def test_a_photo_file_that_changed_size_since_gives_no_misaligned_background(
+        synthetic_face, tmp_path):
+    import cv2
+
+    path = tmp_path / "replaced.png"
+    cv2.imwrite(str(path), np.zeros((PHOTO_SIZE[1] + 10, PHOTO_SIZE[0], 3), np.uint8))
+    images_before = set(bpy.data.images)
+    obj = scene.build_face_object(synthetic_face, "face", camera=True, photo_path=path)
+    assert len(scene.face_camera(obj).data.background_images) == 0
+    assert not [i for i in set(bpy.data.images) - images_before if i.filepath == str(path)]
+
+
 def test_frontal_option_undoes_the_head_rotation(layout):
     from prn_blender.core.pose import HeadPose, rotation_from_angles
 
