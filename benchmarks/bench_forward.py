@@ -1,11 +1,14 @@
 """Batch-1 PRNet forward on CPU: median time of each inference variant and its error in pixels.
 
     .venv/bin/python benchmarks/bench_forward.py [--threads 2] [--runs 20] [--warmup 5]
+        [--weights model_weights/prnet_ict256.safetensors]
 
 Variants: plain fp32 (no_grad), inference_mode, channels_last, BatchNorm folded + channels_last,
 bf16 autocast + channels_last. Max |difference| is in crop pixels against plain fp32, on a
 network with non-trivial BatchNorm statistics (random weights: the accuracy of bf16 on trained
-weights must be checked again with them). Timings on a shared machine are noisy (±30 %).
+weights must be checked again with them: `--weights` runs trained weights on a real face crop,
+the astronaut photo's, and also prints the mean |difference| over the layout's face texels).
+Timings on a shared machine are noisy (±30 %).
 Without native bf16 (AVX-512 BF16 / AMX) the bf16 variant is emulated, takes seconds, and is
 timed over 3 runs only.
 """
@@ -34,6 +37,27 @@ def _model_with_statistics(seed: int = 0) -> PRNet:
     return model.eval()
 
 
+def _trained(path: str) -> PRNet:
+    from prn_blender.core.layout import load_layout
+    from prn_blender.net.weights import load_weights
+
+    model = PRNet()
+    model.load_state_dict(load_weights(path, load_layout().layout_id)[0])
+    return model.eval()
+
+
+def _astronaut_crop() -> torch.Tensor:
+    """(1, 3, 256, 256) the public-domain astronaut's face crop (scikit-image's photo)."""
+    import numpy as np
+    from skimage import data
+
+    from prn_blender.core.crop import crop_from_box, warp_photo_to_crop
+
+    photo = np.ascontiguousarray(data.astronaut()[:, :, :3])
+    crop = warp_photo_to_crop(photo, crop_from_box(np.array([180.0, 88.0, 267.0, 175.0])))
+    return torch.from_numpy(crop).permute(2, 0, 1)[None].float().div(255)
+
+
 def _time(fn: Callable[[], torch.Tensor], warmup: int, runs: int) -> tuple[float, torch.Tensor]:
     out = fn()
     for _ in range(warmup - 1):
@@ -51,13 +75,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--weights", default=None, help="trained weights (default: random)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = _model_with_statistics()
-    image = torch.rand(1, 3, 256, 256)
+    def make_model() -> PRNet:
+        return _trained(args.weights) if args.weights else _model_with_statistics()
+
+    model = make_model()
+    image = _astronaut_crop() if args.weights else torch.rand(1, 3, 256, 256)
     image_cl = image.contiguous(memory_format=torch.channels_last)
-    model_cl = _model_with_statistics().to(memory_format=torch.channels_last)
+    model_cl = make_model().to(memory_format=torch.channels_last)
     fused_cl = fuse_batchnorm(model).to(memory_format=torch.channels_last)
 
     def run(
@@ -90,15 +118,24 @@ def main() -> None:
     reference: torch.Tensor | None = None
     print(f"PRNet batch-1 forward, CPU, {args.threads} threads, median of {args.runs} "
           f"after {args.warmup} warm-up runs (torch {torch.__version__})")
-    print(f"{'variant':46s} {'median ms':>10s} {'max |diff| px':>14s}")
+    face = None
+    if args.weights:
+        from prn_blender.core.layout import load_layout
+
+        face = torch.from_numpy(load_layout().face_mask.copy())
+    print(f"{'variant':46s} {'median ms':>10s} {'max |diff| px':>14s}"
+          + (f" {'mean on face px':>16s}" if face is not None else ""))
     for name, fn in variants:
         # Without native bf16 (AVX-512 BF16 / AMX) oneDNN emulates it: seconds per forward.
         slow = name == bf16_name and not native_bf16
         median_ms, out = _time(fn, 1 if slow else args.warmup, 3 if slow else args.runs)
         if reference is None:
             reference = out
-        diff = (out - reference).abs().max().item()
-        print(f"{name:46s} {median_ms:10.1f} {diff:14.4f}")
+        diff = (out - reference).abs()
+        line = f"{name:46s} {median_ms:10.1f} {diff.max().item():14.4f}"
+        if face is not None:
+            line += f" {diff[0][:, face].mean().item():16.4f}"
+        print(line)
 
 
 if __name__ == "__main__":
