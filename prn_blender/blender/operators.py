@@ -19,10 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    StringProperty,
+)
 from bpy_extras.io_utils import ImportHelper
 
-from ..core.options import FaceSelection, ReconstructOptions
+from ..core.options import SMOOTHING_TEXELS, FaceSelection, ReconstructOptions
 from ..core.result import FaceResult
 from ..errors import CancelledError, PhotoError, PrnError, WorkerError
 from ..inference.client import WorkerClient
@@ -286,12 +293,17 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
     mesh_resolution: EnumProperty(
         name="Mesh Resolution", description="Vertex density of the face mesh",
         items=RESOLUTION_ITEMS, default="1")
+    smoothing: FloatProperty(
+        name="Surface Smoothing",
+        description="Gaussian smoothing of the reconstructed surface, in UV texels "
+                    "(0 = the network's raw output; landmarks are not smoothed)",
+        default=SMOOTHING_TEXELS, min=0.0, max=8.0, step=25, precision=2)
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.use_property_split = True
         for name in ("texture_size", "faces", "occlusion_mask", "landmarks", "pose",
-                     "add_camera", "mesh_resolution"):
+                     "add_camera", "mesh_resolution", "smoothing"):
             layout.prop(self, name)
 
     def reconstruct_options(self, context: bpy.types.Context) -> ReconstructOptions:
@@ -300,7 +312,8 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
         if prefs is not None and not self.properties.is_property_set("texture_size"):
             texture_size = prefs.texture_size
         return ReconstructOptions(faces=FaceSelection(self.faces), texture_size=texture_size,
-                                  occlusion_mask=self.occlusion_mask)
+                                  occlusion_mask=self.occlusion_mask,
+                                  smoothing=float(self.smoothing))
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         prewarm_worker(context)

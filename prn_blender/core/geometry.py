@@ -81,6 +81,42 @@ _SIDES = np.array([[1, 2], [0, 3], [0, 3], [1, 2]])
 """The two corners sharing an edge with each corner of a 2x2 block (0 = top left)."""
 
 
+def smooth_position_map(
+    position_map: np.ndarray, mask: np.ndarray, sigma_texels: float
+) -> np.ndarray:
+    """Gaussian smoothing of a position map over the texels in `mask` only (normalised by the
+    smoothed mask, so the border and the eye/mouth holes do not pull values towards 0 or
+    NaN). Linear, so it commutes with the crop -> photo mapping: smoothing in photo pixels
+    is the same as in crop pixels. Texels outside `mask` are returned unchanged.
+
+    position_map: (R, R, C) float; mask: (R, R) bool; sigma_texels <= 0 returns a copy."""
+    pm = np.asarray(position_map, dtype=np.float32)
+    if sigma_texels <= 0:
+        return pm.copy()
+    radius = max(1, int(np.ceil(3.0 * sigma_texels)))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma_texels) ** 2).astype(np.float32)
+    inside = np.asarray(mask, dtype=bool)
+    weight = inside.astype(np.float32)
+    values = np.where(inside[..., None], pm, 0.0).astype(np.float32)
+
+    def blur(a: np.ndarray) -> np.ndarray:  # separable, zero padding, axes 0 then 1
+        for axis in (0, 1):
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (radius, radius)
+            padded = np.pad(a, pad)
+            n = a.shape[axis]
+            a = sum(k * np.take(padded, np.arange(i, i + n), axis=axis)
+                    for i, k in enumerate(kernel))
+        return a
+
+    num = blur(values)
+    den = blur(weight)
+    out = pm.copy()
+    out[inside] = num[inside] / den[inside][:, None]
+    return out
+
+
 def landmarks_from_position_map(
     position_map: np.ndarray, layout: UVLayout,
     which: Literal["calibrated", "ict"] = "calibrated",

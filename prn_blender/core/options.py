@@ -25,6 +25,10 @@ class Detector(StrEnum):
     YUNET = "yunet"
 
 
+SMOOTHING_TEXELS = 0.0
+"""Default `ReconstructOptions.smoothing`."""
+
+
 @dataclass(frozen=True)
 class ReconstructOptions:
     """What to compute for one photo. Boxes, when given, skip detection: tight face boxes
@@ -41,8 +45,13 @@ class ReconstructOptions:
     """Path to YuNet's ONNX file (face_detection_yunet_2023mar.onnx); None = the shipped copy."""
     refine: bool = True
     """Second pass: re-crop from the network's own 68 landmarks (the crop it was trained on)."""
+    smoothing: float = SMOOTHING_TEXELS
+    """Gaussian smoothing of the predicted surface (mesh, texture lookup, pose), sigma in UV
+    texels (0 = the network's raw output). Landmarks are read from the raw output."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.smoothing) <= 8.0:
+            raise ValueError(f"smoothing must be 0..8 texels, got {self.smoothing}")
         if not 64 <= int(self.texture_size) <= 8192:
             raise ValueError(f"texture_size must be 64..8192 pixels, got {self.texture_size}")
         object.__setattr__(self, "faces", FaceSelection(self.faces))

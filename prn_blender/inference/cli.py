@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..core.options import Detector, FaceSelection, ReconstructOptions
+from ..core.options import SMOOTHING_TEXELS, Detector, FaceSelection, ReconstructOptions
 from ..errors import PrnError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--yunet", default=None, help="YuNet ONNX file (default: the shipped one)")
     rec.add_argument("--no-refine", action="store_true",
                      help="skip the second pass that re-crops from the predicted landmarks")
+    rec.add_argument("--smoothing", type=float, default=SMOOTHING_TEXELS, metavar="TEXELS",
+                     help="Gaussian smoothing of the surface, sigma in UV texels "
+                          f"(default {SMOOTHING_TEXELS:g}; 0 = the network's raw output)")
     model_args(rec)
 
     info = sub.add_parser("info", help="version, device, weights and layout")
@@ -143,7 +146,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         options = ReconstructOptions(
             faces=FaceSelection.ALL if args.all_faces else FaceSelection.LARGEST,
             texture_size=args.texture_size, occlusion_mask=args.occlusion_mask,
-            detector=Detector(args.detector), yunet_model=args.yunet, refine=not args.no_refine)
+            detector=Detector(args.detector), yunet_model=args.yunet, refine=not args.no_refine,
+            smoothing=args.smoothing)
     except ValueError as error:
         _error_line(str(error))
         return EXIT_FAILED

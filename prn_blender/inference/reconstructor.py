@@ -24,7 +24,12 @@ import torch
 
 from ..core.crop import LANDMARK_BOX, CropTransform, crop_from_box, uncrop_position_map
 from ..core.crop import warp_photo_to_crop as _warp
-from ..core.geometry import landmarks_from_position_map, mesh_uvs, position_map_to_vertices
+from ..core.geometry import (
+    landmarks_from_position_map,
+    mesh_uvs,
+    position_map_to_vertices,
+    smooth_position_map,
+)
 from ..core.layout import UVLayout, load_layout
 from ..core.options import FaceSelection, ReconstructOptions
 from ..core.photo import as_rgb_uint8, load_photo
@@ -197,6 +202,9 @@ class Reconstructor:
     def _result(self, photo: np.ndarray, pm: np.ndarray, box: np.ndarray,
                 options: ReconstructOptions) -> FaceResult:
         layout = self.layout
+        raw = pm
+        if options.smoothing > 0:
+            pm = smooth_position_map(pm, layout.face_mask, options.smoothing)
         vertices = position_map_to_vertices(pm, layout)
         texture = sample_texture(photo, pm, layout, options.texture_size)
         mask = (visibility_mask(pm, layout, photo.shape, options.texture_size)
@@ -207,7 +215,7 @@ class Reconstructor:
             uvs=self._uvs,
             texture=texture,
             texture_mask=mask,
-            landmarks=landmarks_from_position_map(pm, layout).astype(np.float32),
+            landmarks=landmarks_from_position_map(raw, layout).astype(np.float32),
             pose=estimate_pose(vertices, layout),
             box=np.asarray(box, dtype=np.float32),
             position_map=np.asarray(pm, dtype=np.float32),

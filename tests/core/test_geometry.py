@@ -228,3 +228,27 @@ def test_geometry_functions_do_not_modify_their_inputs(synthetic_layout):
     landmarks_from_position_map(pm, synthetic_layout)
     np.testing.assert_array_equal(vertices, before)
     np.testing.assert_array_equal(pm, face.position_map)
+
+
+def test_smoothing_keeps_planes_inside_the_mask_removes_noise_and_leaves_the_outside_alone():
+    from prn_blender.core.geometry import smooth_position_map
+
+    r = 64
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float32)
+    plane = np.stack([2 * cols + 5, 3 * rows - 1, cols + rows], axis=-1)
+    mask = np.zeros((r, r), bool)
+    mask[8:56, 8:56] = True
+    mask[30:32, 20:40] = False  # a slit, like an eye hole
+    pm = np.where(mask[..., None], plane, np.nan).astype(np.float32)
+    smoothed = smooth_position_map(pm, mask, 1.0)
+    interior = np.zeros_like(mask)
+    interior[12:52, 12:52] = True
+    interior[26:36, 16:44] = False  # 3 sigma away from every edge
+    np.testing.assert_allclose(smoothed[interior], plane[interior], atol=1e-3)
+    assert np.isnan(smoothed[~mask]).all() and np.isfinite(smoothed[mask]).all()
+    noise = np.random.default_rng(0).normal(0, 4.0, plane.shape).astype(np.float32)
+    rough = np.where(mask[..., None], plane + noise, np.nan)
+    residual = smooth_position_map(rough, mask, 1.0)[interior] - plane[interior]
+    # white noise through a unit-sum 2D Gaussian of sigma 1: std x 1 / (2 sqrt(pi)) = 0.28
+    assert residual.std() == pytest.approx(4.0 * 0.28, rel=0.1)
+    np.testing.assert_array_equal(smooth_position_map(rough, mask, 0.0), rough)

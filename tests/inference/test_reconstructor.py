@@ -117,3 +117,22 @@ def test_package_exposes_reconstructor_lazily() -> None:
 
     with warnings.catch_warnings():
         assert prn_blender.Reconstructor is Reconstructor
+
+
+def test_smoothing_smooths_the_mesh_and_leaves_the_landmarks(reconstructor, astronaut) -> None:
+    """The untrained network's output is rough: smoothing must make neighbouring vertices
+    closer while the landmarks (read from the raw output) stay the same."""
+    raw_options = ReconstructOptions(texture_size=256, refine=False, smoothing=0.0)
+    smooth_options = ReconstructOptions(texture_size=256, refine=False, smoothing=2.0)
+    (raw,) = reconstructor.reconstruct(astronaut, [ASTRONAUT_FACE_BOX], raw_options)
+    (smooth,) = reconstructor.reconstruct(astronaut, [ASTRONAUT_FACE_BOX], smooth_options)
+    edges = raw.triangles[:, :2]
+
+    def roughness(vertices: np.ndarray) -> float:
+        return float(np.median(np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]],
+                                              axis=1)))
+
+    assert roughness(smooth.vertices) < 0.7 * roughness(raw.vertices)
+    np.testing.assert_array_equal(smooth.landmarks, raw.landmarks)
+    with pytest.raises(ValueError, match="smoothing"):
+        ReconstructOptions(smoothing=-1.0)
