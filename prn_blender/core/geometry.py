@@ -82,23 +82,30 @@ _SIDES = np.array([[1, 2], [0, 3], [0, 3], [1, 2]])
 
 
 def smooth_position_map(
-    position_map: np.ndarray, mask: np.ndarray, sigma_texels: float
+    position_map: np.ndarray, mask: np.ndarray, sigma_texels: float,
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Gaussian smoothing of a position map over the texels in `mask` only (normalised by the
-    smoothed mask, so the border and the eye/mouth holes do not pull values towards 0 or
-    NaN). Linear, so it commutes with the crop -> photo mapping: smoothing in photo pixels
-    is the same as in crop pixels. Texels outside `mask` are returned unchanged.
+    """Gaussian smoothing of a position map over the finite texels in `mask` only (normalised
+    by the smoothed mask, so holes and NaN never leak in). Linear, so it commutes with the
+    crop -> photo mapping. Texels outside `mask` (or not finite) are returned unchanged.
+
+    Near the mask's border the average is one-sided, which pulls a sloped surface inwards
+    (about half a texel at sigma 1). With `base` ((R, R, C), a smooth surface close to the
+    map, e.g. the posed mean face) only `position_map - base` is smoothed, whose slope is
+    small, so the border stays in place.
 
     position_map: (R, R, C) float; mask: (R, R) bool; sigma_texels <= 0 returns a copy."""
     pm = np.asarray(position_map, dtype=np.float32)
     if sigma_texels <= 0:
         return pm.copy()
+    offset = np.zeros_like(pm) if base is None else np.asarray(base, dtype=np.float32)
+    inside = (np.asarray(mask, dtype=bool) & np.isfinite(pm).all(axis=-1)
+              & np.isfinite(offset).all(axis=-1))
     radius = max(1, int(np.ceil(3.0 * sigma_texels)))
     offsets = np.arange(-radius, radius + 1)
     kernel = np.exp(-0.5 * (offsets / sigma_texels) ** 2).astype(np.float32)
-    inside = np.asarray(mask, dtype=bool)
     weight = inside.astype(np.float32)
-    values = np.where(inside[..., None], pm, 0.0).astype(np.float32)
+    values = np.where(inside[..., None], pm - offset, 0.0).astype(np.float32)
 
     def blur(a: np.ndarray) -> np.ndarray:  # separable, zero padding, axes 0 then 1
         for axis in (0, 1):
@@ -113,7 +120,7 @@ def smooth_position_map(
     num = blur(values)
     den = blur(weight)
     out = pm.copy()
-    out[inside] = num[inside] / den[inside][:, None]
+    out[inside] = num[inside] / den[inside][:, None] + offset[inside]
     return out
 
 

@@ -50,7 +50,8 @@ class ReconstructOptions:
     texels (0 = the network's raw output). Landmarks are read from the raw output."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.smoothing) <= 8.0:
+        object.__setattr__(self, "smoothing", float(self.smoothing))
+        if not 0.0 <= self.smoothing <= 8.0:
             raise ValueError(f"smoothing must be 0..8 texels, got {self.smoothing}")
         if not 64 <= int(self.texture_size) <= 8192:
             raise ValueError(f"texture_size must be 64..8192 pixels, got {self.texture_size}")

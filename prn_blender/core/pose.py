@@ -123,6 +123,26 @@ def estimate_pose(vertices: np.ndarray, layout: UVLayout) -> HeadPose:
     return HeadPose(yaw, pitch, roll, rotation, scale, translation)
 
 
+def smooth_face_map(position_map: np.ndarray, layout: UVLayout,
+                    sigma_texels: float) -> np.ndarray:
+    """`geometry.smooth_position_map` over the mesh texels of a face's position map ((R, R, 3)
+    photo px), smoothing only its difference to the posed mean face (`layout.
+    canonical_vertices` moved by `estimate_pose`), so the face's outline does not shrink."""
+    from .geometry import position_map_to_vertices, smooth_position_map
+
+    pm = np.asarray(position_map, dtype=np.float32)
+    if sigma_texels <= 0:
+        return pm.copy()
+    pose = estimate_pose(position_map_to_vertices(pm, layout), layout)
+    posed = (pose.scale * layout.canonical_vertices @ np.asarray(pose.rotation).T
+             + pose.translation)
+    base = np.full_like(pm, np.nan)
+    base.reshape(-1, 3)[layout.face_texels] = posed
+    mesh = np.zeros(pm.shape[:2], dtype=bool)
+    mesh.reshape(-1)[layout.face_texels] = True
+    return smooth_position_map(pm, mesh, sigma_texels, base)
+
+
 def frontalize(vertices: np.ndarray, pose: HeadPose) -> np.ndarray:
     """Undo the head rotation about the pose's origin, keeping scale and position:
     p' = R^T (p - t) + t, so a face that is s R q + t becomes s q + t (the canonical face's

@@ -258,6 +258,9 @@ class WorkerClient:
         self._write_lock = threading.Lock()
         self._state_lock = threading.RLock()
         self._start_lock = threading.Lock()
+        # Serialises spawning and stopping: `shutdown` may stop the process from another
+        # thread while `start` holds `_start_lock`, never in the middle of a spawn.
+        self._process_lock = threading.RLock()
         self._waiters: dict[str, queue.Queue] = {}
         self._jobs: dict[str, Job] = {}
         self._hello: queue.Queue = queue.Queue()
@@ -383,6 +386,11 @@ class WorkerClient:
         env.pop("PYTHONHOME", None)  # Blender's own would break another interpreter
         env.pop("PYTHONPATH", None)
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        with self._process_lock:
+            self._spawn_process(python, env, flags)
+
+    def _spawn_process(self, python: str, env: dict[str, str], flags: int) -> None:
+        assert self.log_path is not None and self.job_dir is not None
         with open(self.log_path, "wb") as log:
             try:
                 self._process = subprocess.Popen(
@@ -403,6 +411,10 @@ class WorkerClient:
         self._reader.start()
 
     def _stop_process(self, reason: str = "The worker was restarted") -> None:
+        with self._process_lock:
+            self._stop_process_locked(reason)
+
+    def _stop_process_locked(self, reason: str) -> None:
         with self._state_lock:
             if self._dead_reason is None:
                 self._dead_reason = reason

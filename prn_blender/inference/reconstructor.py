@@ -28,12 +28,11 @@ from ..core.geometry import (
     landmarks_from_position_map,
     mesh_uvs,
     position_map_to_vertices,
-    smooth_position_map,
 )
 from ..core.layout import UVLayout, load_layout
 from ..core.options import FaceSelection, ReconstructOptions
 from ..core.photo import as_rgb_uint8, load_photo
-from ..core.pose import estimate_pose
+from ..core.pose import estimate_pose, smooth_face_map
 from ..core.result import FaceResult
 from ..core.texture import sample_texture, visibility_mask
 from ..errors import NoFaceFoundError, PhotoError
@@ -204,7 +203,7 @@ class Reconstructor:
         layout = self.layout
         raw = pm
         if options.smoothing > 0:
-            pm = smooth_position_map(pm, layout.face_mask, options.smoothing)
+            pm = smooth_face_map(pm, layout, options.smoothing)
         vertices = position_map_to_vertices(pm, layout)
         texture = sample_texture(photo, pm, layout, options.texture_size)
         mask = (visibility_mask(pm, layout, photo.shape, options.texture_size)

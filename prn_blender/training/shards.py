@@ -62,7 +62,10 @@ def write_shard(
     # the two replaces never pairs new maps with old metadata.
     stem.with_name(stem.name + ".npz").unlink(missing_ok=True)
     maps_tmp = stem.with_name(stem.name + ".maps.tmp.npy")
-    np.save(maps_tmp, np.asarray(position_maps, dtype=np.float16))
+    with open(maps_tmp, "wb") as fh:
+        np.save(fh, np.asarray(position_maps, dtype=np.float16))
+        fh.flush()
+        os.fsync(fh.fileno())  # durable before any record says the shard is done
     os.replace(maps_tmp, _maps_path(stem))
     meta_tmp = stem.with_name(stem.name + ".tmp.npz")
     with open(meta_tmp, "wb") as fh:
@@ -75,7 +78,31 @@ def write_shard(
             sources=np.asarray(sources, dtype=str),
             yaw_deg=np.asarray(yaw_deg, dtype=np.float32),
         )
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(meta_tmp, stem.with_name(stem.name + ".npz"))
+
+
+SHARD_FILE_SUFFIXES = (".tmp.npz", ".maps.tmp.npy", ".done.json.tmp", ".maps.npy", ".done.json",
+                       ".npz")
+"""Most specific first: `a.tmp.npz` belongs to shard `a`."""
+
+
+def remove_shards_except(folder: Path, keep: set[str]) -> list[str]:
+    """Delete the files of every shard (maps, metadata, done record, temporaries) whose stem is
+    not in `keep`: shards of chunks that are not done under the current settings, or of
+    chunks that no longer exist, must not be read as training data. Returns the removed
+    stems, sorted."""
+    removed = set()
+    for path in Path(folder).iterdir():
+        for suffix in SHARD_FILE_SUFFIXES:
+            if path.name.endswith(suffix):
+                stem = path.name[: -len(suffix)]
+                if stem not in keep:
+                    path.unlink(missing_ok=True)
+                    removed.add(stem)
+                break
+    return sorted(removed)
 
 
 def shard_stems(folder: Path) -> list[Path]:

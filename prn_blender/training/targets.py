@@ -17,6 +17,7 @@ twice (`--workers N` runs chunks in parallel processes).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .fit import (
     locate_texels_in_ict,
     surface_basis,
 )
-from .shards import _maps_path, write_shard
+from .shards import _maps_path, remove_shards_except, write_manifest, write_shard
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,20 +332,32 @@ def ensure_teachers(shared: Path, cache: Path, mediapipe: bool = True) -> None:
             dense.result()  # re-raises a failed MediaPipe run
 
 
-def targets_stamp(cache: Path) -> dict:
-    """The settings the shards depend on; a chunk recorded under other settings is redone."""
+def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> dict:
+    """The inputs the shards depend on (fit settings, layout, teacher files' SHA-256, which
+    faces each chunk holds); a chunk recorded under another stamp is redone."""
+    import hashlib
     from dataclasses import asdict
 
     assert _CTX is not None
     teachers = cache / "teachers"
+
+    def sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    chunks = hashlib.sha256(json.dumps([[j[0], j[1], j[2]] for j in jobs]).encode()).hexdigest()
     return {
         "fit": asdict(_CTX.settings),
         "layout_id": _CTX.layout.layout_id,
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
         "chunk_size": CHUNK_SIZE,
-        "teachers": {name: (teachers / name).stat().st_size for name in TEACHER_FILES
+        "teachers": {name: sha256(teachers / name) for name in TEACHER_FILES
                      if (teachers / name).is_file()},
+        "chunks": chunks,
     }
 
 
@@ -353,7 +366,7 @@ def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
     """Teachers (if not cached), then fit + rasterise in `workers` processes, one shard per
     chunk, resumable through per-chunk done records (parallel.py). Returns the number of
     chunks still missing (0 = complete)."""
-    from .parallel import run_chunks
+    from .parallel import read_records, run_chunks
 
     ensure_teachers(shared, cache, mediapipe=mediapipe)
     # Load once in the parent: a broken input fails here with its own message instead of
@@ -365,8 +378,15 @@ def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
         stem = Path(out_dir) / chunk_id
         return stem.with_name(stem.name + ".npz").is_file() and _maps_path(stem).is_file()
 
+    stamp = targets_stamp(cache, [job for _, job in jobs])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = read_records(out_dir, [chunk_id for chunk_id, _ in jobs], stamp, outputs_exist)
+    stale = remove_shards_except(out_dir, set(done))
+    if stale:
+        print(f"removed {len(stale)} shard(s) made under other settings or left unfinished")
     run = run_chunks(jobs, _make_chunk, out_dir, workers, None, (), desc="target chunks",
-                     stamp=targets_stamp(cache), outputs_exist=outputs_exist)
+                     stamp=stamp, outputs_exist=outputs_exist)
+    write_manifest(out_dir)
     total = run.totals()
     if total.get("faces"):
         labelled = max(total.get("labelled", 0.0), 1.0)

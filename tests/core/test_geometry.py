@@ -252,3 +252,37 @@ def test_smoothing_keeps_planes_inside_the_mask_removes_noise_and_leaves_the_out
     # white noise through a unit-sum 2D Gaussian of sigma 1: std x 1 / (2 sqrt(pi)) = 0.28
     assert residual.std() == pytest.approx(4.0 * 0.28, rel=0.1)
     np.testing.assert_array_equal(smooth_position_map(rough, mask, 0.0), rough)
+    # A NaN inside the mask is skipped, not spread.
+    holed = pm.copy()
+    holed[20, 20] = np.nan
+    out = smooth_position_map(holed, mask, 1.0)
+    assert np.isnan(out[20, 20]).all() and np.isfinite(out[mask]).sum() == mask.sum() * 3 - 3
+    # At the border the one-sided average pulls a slope inwards; smoothing the difference to
+    # a base surface with the same slope keeps the border where it is.
+    edge = mask & ~np.pad(mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1]
+                          & mask[1:-1, :-2] & mask[1:-1, 2:], 1)
+    shifted = np.abs(smooth_position_map(pm, mask, 2.0)[edge] - plane[edge]).max()
+    assert shifted > 1.0  # px (the plane's slope is 2-3 px per texel)
+    kept = smooth_position_map(pm, mask, 2.0, base=plane)[edge] - plane[edge]
+    np.testing.assert_allclose(kept, 0.0, atol=1e-4)
+
+
+def test_face_smoothing_removes_noise_and_keeps_the_outline(ict_layout):
+    from prn_blender.core.geometry import position_map_to_vertices
+    from prn_blender.core.pose import smooth_face_map
+
+    face = pose_ict_neutral(ict_layout, 20.0, -10.0, 5.0)
+    clean = position_map_to_vertices(face.position_map, ict_layout)
+    rng = np.random.default_rng(1)
+    noisy_map = face.position_map + rng.normal(0, 2.0, face.position_map.shape).astype(
+        np.float32)
+    smoothed = position_map_to_vertices(smooth_face_map(noisy_map, ict_layout, 1.5), ict_layout)
+    noisy = position_map_to_vertices(noisy_map, ict_layout)
+    error_before = np.linalg.norm(noisy - clean, axis=1)
+    error_after = np.linalg.norm(smoothed - clean, axis=1)
+    assert np.median(error_after) < 0.4 * np.median(error_before)
+    # The outline: the mesh's bounding box in the photo stays put (within 1 px of ~250 px).
+    np.testing.assert_allclose(np.nanmin(smoothed[:, :2], 0), np.nanmin(clean[:, :2], 0),
+                               atol=1.0)
+    np.testing.assert_allclose(np.nanmax(smoothed[:, :2], 0), np.nanmax(clean[:, :2], 0),
+                               atol=1.0)

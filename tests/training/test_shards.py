@@ -72,3 +72,19 @@ def test_write_shard_refuses_mismatched_lengths(tmp_path):
     with pytest.raises(ValueError, match="boxes has 1 entries for 2 JPEGs"):
         write_shard(tmp_path / "x", [b"a", b"b"], np.zeros((2, 4, 4, 3)), np.zeros((1, 4)),
                     ["a", "b"], ["s", "s"], np.zeros(2))
+
+
+def test_remove_shards_except_deletes_every_file_of_other_shards_only(tmp_path):
+    from prn_blender.training.shards import remove_shards_except
+
+    names = ["aflw-0000.npz", "aflw-0000.maps.npy", "aflw-0000.done.json",
+             "aflw-0001.npz", "aflw-0001.maps.npy", "aflw-0001.tmp.npz",
+             "aflw-0002.maps.tmp.npy", "aflw-0002.done.json.tmp", "300w-0007.npz",
+             "manifest.json", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_shards_except(tmp_path, {"aflw-0000"})
+    assert removed == ["300w-0007", "aflw-0001", "aflw-0002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "aflw-0000.done.json", "aflw-0000.maps.npy", "aflw-0000.npz", "manifest.json",
+        "notes.txt"]
