@@ -22,8 +22,11 @@ pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="no trained weight
 @pytest.fixture(scope="module")
 def shipped():
     from prn_blender.inference.reconstructor import Reconstructor
+    from prn_blender.net.weights import WEIGHTS_ENV
 
-    return Reconstructor(device="cpu")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(WEIGHTS_ENV, raising=False)  # the installed weights, whatever the env says
+        return Reconstructor(device="cpu")
 
 
 def test_shipped_weights_are_trained_fp16_for_this_layout_and_the_default(shipped) -> None:

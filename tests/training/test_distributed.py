@@ -128,9 +128,15 @@ def test_two_gloo_ranks_train_like_one_process_accumulating_their_micro_batches(
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming at step {STEPS}" in resumed.stdout + resumed.stderr
-    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    assert (state["step"], state["epoch"], state["position"], state["world_size"]) == \
+    after = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert (after["step"], after["epoch"], after["position"], after["world_size"]) == \
         (STEPS + 1, 2, 0, 1)
+    # It went on from the ranks' weights and Adam state: one more Adam step (|update| <= about
+    # 3.2 lr per value), not a fresh start.
+    adam_steps = {int(v["step"]) for v in after["optimizer"]["state"].values()}
+    assert adam_steps == {STEPS + 1}
+    step_size = max(float((after["model"][k] - state["model"][k]).abs().max()) for k in reference)
+    assert 0 < step_size <= 3.5 * LR
 
 
 def _free_port() -> int:
