@@ -37,6 +37,7 @@ from ..core.result import FaceResult
 from ..core.texture import sample_texture, visibility_mask
 from ..errors import NoFaceFoundError, PhotoError
 from ..net.device import configure_threads
+from ..net.prnet import predict_at
 from ..net.weights import WeightsInfo, default_weights_path, load_prnet
 from .detect import REFINE_TO_LANDMARKS, detect_faces
 
@@ -170,7 +171,7 @@ class Reconstructor:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            y = self.model(x)
+            y = predict_at(self.model, x, self.weights_info.input_size or None)
         return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
     def _predict(self, photo: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:

@@ -243,3 +243,20 @@ __all__ = [
     "pixels_to_normalized",
     "trainable_parameter_count",
 ]
+
+
+def predict_at(model: nn.Module, image: torch.Tensor, input_size: int | None = None
+               ) -> torch.Tensor:
+    """`model(image)` for (N, 3, R, R) crops in [0, 1] -> (N, 3, R, R) crop pixels; with
+    `input_size` < R (a network trained at a coarser size) the crops are area-averaged down
+    to input_size first and the maps upsampled back bilinearly, which is also how training
+    scores a coarse stage. Positions keep meaning R-crop pixels at any input size."""
+    side = image.shape[-1]
+    if input_size and input_size != side:
+        image = F.interpolate(image, size=(input_size, input_size), mode="area")
+    maps = model(image)
+    if maps.shape[-1] != side:
+        maps = F.interpolate(maps.float(), size=(side, side), mode="bilinear",
+                             align_corners=False)
+    return maps
+

@@ -51,6 +51,10 @@ class WeightsInfo:
     """Summary: data, images seen, hours, hardware."""
     dev_nme: str = ""
     """Dev-split NME figures, as text (DESIGN.md section 5)."""
+    input_size: int = 0
+    """Side (px) of the input the network runs at: its crop is area-downsampled to it and the
+    position map upsampled back to the layout's side (a coarse-trained network). 0 = the
+    layout's resolution."""
     licence: str = RESEARCH_ONLY
     format_version: str = FORMAT_VERSION
     sha256: str = ""

@@ -95,13 +95,18 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
                         default=REPO / "model_weights" / "prnet_ict256.safetensors")
     parser.add_argument("--summary", default="", help="training summary stored in the file")
     parser.add_argument("--dev-nme", default="", help="dev NME figures stored in the file")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="input side the network runs at (default: the checkpoint's last "
+                             "training resolution)")
 
 
 @command("export", "export a trainer checkpoint to the shipped safetensors format", _export_args)
 def _export(args: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme)}")
+    out = export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme,
+                            args.input_size)
+    print(f"wrote {out}")
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 from ..core.crop import crop_from_box, uncrop_points, warp_photo_to_crop
 from ..core.geometry import landmarks_from_position_map
 from ..core.layout import UVLayout, load_layout
+from ..net.prnet import predict_at
 from . import metrics
 from .faces import dev_names, iter_images, load_face_set
 
@@ -76,24 +77,22 @@ class NetworkLandmarks:
             crops = np.stack([warp_photo_to_crop(img, tf, cv2.BORDER_REFLECT_101) for img, tf
                               in zip(images[start : start + self.batch], transforms,
                                      strict=True)])
-            side = crops.shape[1]
-            if self.input_size and self.input_size != side:
-                size = (self.input_size, self.input_size)
-                crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA)
-                                  for c in crops])
             x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                maps = self.model(x).float()
-                if maps.shape[-1] != side:
-                    maps = torch.nn.functional.interpolate(maps, size=(side, side),
-                                                           mode="bilinear", align_corners=False)
+                maps = predict_at(self.model, x, self.input_size).float()
                 maps = maps.permute(0, 2, 3, 1).cpu().numpy()
             for pm, tf in zip(maps, transforms, strict=True):
                 lm = landmarks_from_position_map(pm, self.layout)
                 out.append(uncrop_points(lm, tf))
         self.model.train(was_training)
         return np.stack(out)
+
+
+def checkpoint_input_size(checkpoint: dict, default: int) -> int:
+    """The input side a trainer checkpoint was last trained at (its `--resolution`)."""
+    value = checkpoint.get("config", {}).get("resolution", "None")
+    return int(value) if value not in (None, "None", "") else default
 
 
 def aflw_eval_box(size: int) -> np.ndarray:
@@ -166,6 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint")
     parser.add_argument("--teachers", type=Path, default=REPO / "cache" / "teachers")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "eval")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="network input side in px (default: what the weights say, or "
+                             "the checkpoint's last training resolution)")
     parser.add_argument("--fit-point-maps", action="store_true",
                         help="refit model_weights/eval_point_maps.json from training faces")
 
@@ -181,13 +183,18 @@ def run_evaluation(args: argparse.Namespace) -> int:
     layout = load_layout()
     model = PRNet()
     if args.checkpoint is not None:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu",
-                                         weights_only=True)["model"])
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        input_size = checkpoint_input_size(checkpoint, layout.resolution)
     else:
-        state, _ = load_weights(args.weights, layout.layout_id)
+        state, info = load_weights(args.weights, layout.layout_id)
         model.load_state_dict(state)
+        input_size = info.input_size or layout.resolution
+    if args.input_size:
+        input_size = args.input_size
+    print(f"network input {input_size} x {input_size} px")
     model = model.to(memory_format=torch.channels_last).eval()
-    run = NetworkLandmarks(model, layout, torch.device("cpu"))
+    run = NetworkLandmarks(model, layout, torch.device("cpu"), input_size=input_size)
     teacher = np.load(args.teachers / "tddfa68.npz", allow_pickle=False)
     data = dev_data()
     report: dict[str, dict[str, dict[str, float]]] = {}

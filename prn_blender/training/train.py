@@ -405,11 +405,14 @@ def plot_loss(log_path: Path, png_path: Path, size: tuple[int, int] = (800, 400)
     cv2.imwrite(str(png_path), img)
 
 
-def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: str = "") -> Path:
+def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: str = "",
+                      input_size: int | None = None) -> Path:
     """Write a trainer checkpoint's model as shipped safetensors (net.weights.save_weights,
-    fp16, with the layout id it was trained for)."""
+    fp16, with the layout id it was trained for and the input size it runs at: by default
+    the resolution it was last trained at)."""
     from ..net.prnet import trainable_parameter_count
     from ..net.weights import WeightsInfo, save_weights
+    from .evaluate import checkpoint_input_size
 
     state = load_checkpoint(checkpoint)
     model = PRNet(width=int(state.get("width", 16)))
@@ -421,8 +424,11 @@ def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: s
         f"{config.get('batch', '?')} x {state.get('world_size', 1)} process(es), Adam lr "
         f"{config.get('lr', '?')} halved every {config.get('halve_every_epochs', '?')} epochs"
     )
+    resolution = load_layout().resolution
+    size = input_size or checkpoint_input_size(state, resolution)
     info = WeightsInfo(layout_id=layout_id, parameter_count=trainable_parameter_count(model),
-                       trained=True, training=summary or default_summary, dev_nme=dev_nme)
+                       trained=True, training=summary or default_summary, dev_nme=dev_nme,
+                       input_size=0 if size == resolution else size)
     save_weights(model, out, info)
     return Path(out)
 

@@ -240,3 +240,22 @@ def test_half_resolution_stage_trains_and_its_weights_run_at_full_resolution(dat
     model.load_state_dict(_weights(tmp_path / "run" / "last.pt"))
     with torch.inference_mode():
         assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    # Exported, the weights say they run at 32 px; `predict_at` downsamples the full-size crop
+    # by area averaging and upsamples the map bilinearly.
+    from prn_blender.net.prnet import predict_at
+    from prn_blender.net.weights import load_weights
+
+    out = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "w.safetensors")
+    state, info = load_weights(out, synthetic_layout(64).layout_id)
+    assert info.input_size == 32
+    model.load_state_dict(state)
+    crop = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        small = model(torch.nn.functional.avg_pool2d(crop, 2))
+        full = predict_at(model, crop, info.input_size)
+    assert full.shape == (1, 3, 64, 64)
+    # bilinear x2 upsampling (align_corners False): texel (1, 1) = 9/16 (0,0) + 3/16 (0,1) +
+    # 3/16 (1,0) + 1/16 (1,1) of the small map
+    expected = (9 * small[0, :, 0, 0] + 3 * small[0, :, 0, 1] + 3 * small[0, :, 1, 0]
+                + small[0, :, 1, 1]) / 16
+    torch.testing.assert_close(full[0, :, 1, 1], expected, rtol=1e-5, atol=1e-4)
