@@ -103,11 +103,15 @@ def aflw_eval_box(size: int) -> np.ndarray:
 
 
 def dev_data(limit: int | None = None) -> dict[str, tuple[list, list, list]]:
-    """{set: (records, images, boxes)} for the dev split."""
+    """{set: (records, images, boxes)} for the dev split; `limit` takes that many faces spread
+    evenly over it (the first N would be a biased sample: measured on AFLW, the first 100
+    faces scored 13.1 % where all 1,000 scored 11.2 %)."""
     data = {}
     for set_name in ("300w", "aflw"):
         dev = dev_names(set_name)
-        records = [r for r in load_face_set(set_name) if r.name in dev][:limit]
+        records = [r for r in load_face_set(set_name) if r.name in dev]
+        if limit is not None and limit < len(records):
+            records = [records[i] for i in np.linspace(0, len(records) - 1, limit).astype(int)]
         images = [img for _, img in iter_images(records)]
         if set_name == "300w":
             boxes = [np.array([*r.landmarks.min(0), *r.landmarks.max(0)]) for r in records]

@@ -70,7 +70,8 @@ def test_dev_faces_nme_is_close_to_the_model_card(shipped) -> None:
     """NME on the first dev faces (never trained on) of 300W and AFLW."""
     from prn_blender.training.evaluate import NetworkLandmarks, dev_data, score
 
-    run = NetworkLandmarks(shipped.model, shipped.layout, shipped.device)
+    run = NetworkLandmarks(shipped.model, shipped.layout, shipped.device,
+                           input_size=shipped.info.input_size or None)
     for set_name, (records, images, boxes) in dev_data(limit=60).items():
         figures = score(records, run(images, boxes), set_name)
         assert figures["all"] < MAX_DEV_NME[set_name], (set_name, figures)
