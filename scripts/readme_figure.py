@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from prn_blender.core.options import ReconstructOptions
 from prn_blender.core.photo import load_photo
 from prn_blender.core.pose import rotation_from_angles
 from prn_blender.core.render import draw_landmarks, rasterize, render_mesh_over, shade_mesh
@@ -86,10 +87,14 @@ def main() -> int:
     parser.add_argument("photo", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--smoothing", type=float, default=None,
+                        help="surface smoothing in texels (default: ReconstructOptions')")
     args = parser.parse_args()
     photo = load_photo(args.photo)
     reconstructor = Reconstructor(args.weights, device="cpu")
-    (face,) = reconstructor.reconstruct(photo)[:1]
+    options = ReconstructOptions() if args.smoothing is None else ReconstructOptions(
+        smoothing=args.smoothing)
+    (face,) = reconstructor.reconstruct(photo, options=options)[:1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out), cv2.cvtColor(figure(face, photo), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out} (yaw {face.pose.yaw_deg:.1f}, pitch {face.pose.pitch_deg:.1f}, "
