@@ -106,7 +106,7 @@ def test_texture_size_preference_is_the_operator_default():
     saved = prefs.texture_size
     prefs.texture_size = 2048
     try:
-        op = SimpleNamespace(texture_size=1024, faces="all", occlusion_mask=True,
+        op = SimpleNamespace(texture_size=1024, faces="all", occlusion_mask=True, smoothing=0.5,
                              properties=SimpleNamespace(is_property_set=lambda name: False))
         options = operators.PRN_OT_reconstruct_face.reconstruct_options(op, bpy.context)
         op.properties = SimpleNamespace(is_property_set=lambda name: True)
@@ -114,7 +114,7 @@ def test_texture_size_preference_is_the_operator_default():
     finally:
         prefs.texture_size = saved
     assert options.texture_size == 2048 and explicit.texture_size == 1024
-    assert options.faces == "all" and options.occlusion_mask
+    assert options.faces == "all" and options.occlusion_mask and options.smoothing == 0.5
 
 
 def test_venv_commands_use_pip_with_the_pinned_requirements(tmp_path):

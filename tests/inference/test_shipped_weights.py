@@ -77,7 +77,9 @@ def test_dev_faces_nme_is_close_to_the_model_card(shipped) -> None:
         assert figures["all"] < MAX_DEV_NME[set_name], (set_name, figures)
 
 
-MAX_FIVE_POINT_ERROR = 0.25
-"""Fraction of YuNet's interocular distance; set from the first shipped weights (see below)."""
-MAX_DEV_NME = {"300w": 10.0, "aflw": 12.0}
-"""Percent; set from the first shipped weights with a margin over their measured figures."""
+MAX_FIVE_POINT_ERROR = 0.15
+"""Fraction of YuNet's interocular distance. The first shipped weights (session 3): 0.02 /
+0.05 / 0.03 / 0.09 / 0.02 (eyes, nose tip, mouth corners)."""
+MAX_DEV_NME = {"300w": 8.0, "aflw": 14.0}
+"""Percent, on 60 spread dev faces; the first shipped weights: 6.49 and 11.70 (all 1,300 dev
+faces: 6.38 and 11.19 balanced). Raise the bar when better weights ship."""
