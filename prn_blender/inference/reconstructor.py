@@ -24,11 +24,7 @@ import torch
 
 from ..core.crop import LANDMARK_BOX, CropTransform, crop_from_box, uncrop_position_map
 from ..core.crop import warp_photo_to_crop as _warp
-from ..core.geometry import (
-    landmarks_from_position_map,
-    mesh_uvs,
-    position_map_to_vertices,
-)
+from ..core.geometry import landmarks_from_position_map, mesh_uvs, position_map_to_vertices
 from ..core.layout import UVLayout, load_layout
 from ..core.options import FaceSelection, ReconstructOptions
 from ..core.photo import as_rgb_uint8, load_photo

@@ -233,18 +233,6 @@ def build_prnet(
     return model
 
 
-__all__ = [
-    "POSITION_MAX_PX",
-    "POSITION_MIN_PX",
-    "PRNet",
-    "ResBlock",
-    "build_prnet",
-    "normalized_to_pixels",
-    "pixels_to_normalized",
-    "trainable_parameter_count",
-]
-
-
 def predict_at(model: nn.Module, image: torch.Tensor, input_size: int | None = None
                ) -> torch.Tensor:
     """`model(image)` for (N, 3, R, R) crops in [0, 1] -> (N, 3, R, R) crop pixels; with
@@ -260,3 +248,15 @@ def predict_at(model: nn.Module, image: torch.Tensor, input_size: int | None = N
                              align_corners=False)
     return maps
 
+
+__all__ = [
+    "POSITION_MAX_PX",
+    "POSITION_MIN_PX",
+    "PRNet",
+    "ResBlock",
+    "build_prnet",
+    "normalized_to_pixels",
+    "pixels_to_normalized",
+    "predict_at",
+    "trainable_parameter_count",
+]

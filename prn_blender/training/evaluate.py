@@ -89,12 +89,6 @@ class NetworkLandmarks:
         return np.stack(out)
 
 
-def checkpoint_input_size(checkpoint: dict, default: int) -> int:
-    """The input side a trainer checkpoint was last trained at (its `--resolution`)."""
-    value = checkpoint.get("config", {}).get("resolution", "None")
-    return int(value) if value not in (None, "None", "") else default
-
-
 def aflw_eval_box(size: int) -> np.ndarray:
     """The tight-landmark box implied by a 3DDFA-style crop: centred, side size / sqrt(2)."""
     half = size / np.sqrt(2) / 2
@@ -179,6 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluation(args: argparse.Namespace) -> int:
     from ..net.prnet import PRNet
     from ..net.weights import load_weights
+    from .train import checkpoint_input_size
 
     if args.fit_point_maps or not MAPPING_FILE.is_file():
         maps = fit_point_maps(args.teachers)

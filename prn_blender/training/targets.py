@@ -338,16 +338,10 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
     import hashlib
     from dataclasses import asdict
 
+    from ..net.weights import file_sha256
+
     assert _CTX is not None
     teachers = cache / "teachers"
-
-    def sha256(path: Path) -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-
     chunks = hashlib.sha256(json.dumps([[j[0], j[1], j[2]] for j in jobs]).encode()).hexdigest()
     return {
         "fit": asdict(_CTX.settings),
@@ -355,7 +349,7 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
         "chunk_size": CHUNK_SIZE,
-        "teachers": {name: sha256(teachers / name) for name in TEACHER_FILES
+        "teachers": {name: file_sha256(teachers / name) for name in TEACHER_FILES
                      if (teachers / name).is_file()},
         "chunks": chunks,
     }

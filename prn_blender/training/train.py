@@ -116,6 +116,12 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_input_size(checkpoint: dict, default: int) -> int:
+    """The input side a trainer checkpoint was last trained at (its `--resolution`)."""
+    value = checkpoint.get("config", {}).get("resolution", "None")
+    return int(value) if value not in (None, "None", "") else default
+
+
 def load_checkpoint(path: Path) -> dict:
     """A trainer checkpoint (our own file: torch.load with weights_only=True)."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -412,19 +418,19 @@ def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: s
     the resolution it was last trained at)."""
     from ..net.prnet import trainable_parameter_count
     from ..net.weights import WeightsInfo, save_weights
-    from .evaluate import checkpoint_input_size
 
     state = load_checkpoint(checkpoint)
     model = PRNet(width=int(state.get("width", 16)))
     model.load_state_dict(state["model"])
-    layout_id = str(state.get("layout_id") or load_layout().layout_id)
+    layout = load_layout()
+    layout_id = str(state.get("layout_id") or layout.layout_id)
     config = state.get("config", {})
     default_summary = (
         f"{state['step']} steps (epoch {state['epoch']} + {state['position']} faces), batch "
         f"{config.get('batch', '?')} x {state.get('world_size', 1)} process(es), Adam lr "
         f"{config.get('lr', '?')} halved every {config.get('halve_every_epochs', '?')} epochs"
     )
-    resolution = load_layout().resolution
+    resolution = layout.resolution
     size = input_size or checkpoint_input_size(state, resolution)
     info = WeightsInfo(layout_id=layout_id, parameter_count=trainable_parameter_count(model),
                        trained=True, training=summary or default_summary, dev_nme=dev_nme,
