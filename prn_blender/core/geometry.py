@@ -124,6 +124,42 @@ def smooth_position_map(
     return out
 
 
+
+def displace_position_map(
+    position_map: np.ndarray, control_texels: np.ndarray, offsets: np.ndarray,
+    sigma_texels: float, ridge: float = 0.05,
+) -> np.ndarray:
+    """Add a smooth displacement field that moves the map by `offsets` at `control_texels`.
+
+    The field is a Gaussian radial-basis interpolant over UV (texel) space: weights solve
+    (K + ridge I) w = offsets with K_ij = exp(-|t_i - t_j|^2 / 2 sigma^2), so the field is
+    close to `offsets` at the controls (exact for ridge 0), smooth between them, and fades to
+    zero a few sigma away. Used to pull fitted training targets onto hand labels: the fit's
+    landmarks are limited by the face model; the labels are the reference the dev NME uses.
+
+    position_map: (R, R, C) float, any frame; control_texels: (K, 2) texel (x = column,
+    y = row; centres at integers); offsets: (K, D) with D <= C, in the map's units, added to
+    the first D channels. NaN texels stay NaN. K = 0 returns a copy."""
+    pm = np.array(position_map, dtype=np.float32)
+    controls = np.asarray(control_texels, dtype=np.float64).reshape(-1, 2)
+    if len(controls) == 0:
+        return pm
+    offsets = np.asarray(offsets, dtype=np.float64).reshape(len(controls), -1)
+    inv = -0.5 / sigma_texels**2
+    gram = np.exp(inv * ((controls[:, None] - controls[None]) ** 2).sum(-1))
+    weights = np.linalg.solve(gram + ridge * np.eye(len(controls)), offsets)
+    r = pm.shape[0]
+    finite = np.isfinite(pm).all(axis=-1)
+    rows, cols = np.nonzero(finite)
+    texels = np.stack([cols, rows], axis=1).astype(np.float64)
+    squared = ((texels**2).sum(1)[:, None] + (controls**2).sum(1)[None]
+               - 2.0 * texels @ controls.T)
+    basis = np.exp(inv * np.maximum(squared, 0.0))
+    d = offsets.shape[1]
+    flat = pm.reshape(r * r, -1)
+    flat[rows * r + cols, :d] += (basis @ weights).astype(np.float32)
+    return flat.reshape(pm.shape)
+
 def landmarks_from_position_map(
     position_map: np.ndarray, layout: UVLayout,
     which: Literal["calibrated", "ict"] = "calibrated",

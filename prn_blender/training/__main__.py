@@ -98,6 +98,8 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=None,
                         help="input side the network runs at (default: the checkpoint's last "
                              "training resolution)")
+    parser.add_argument("--raw", action="store_true",
+                        help="the raw training weights, not the checkpoint's weight average")
 
 
 @command("export", "export a trainer checkpoint to the shipped safetensors format", _export_args)
@@ -105,7 +107,7 @@ def _export(args: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme,
-                            args.input_size)
+                            args.input_size, ema=not args.raw)
     print(f"wrote {out}")
     return 0
 

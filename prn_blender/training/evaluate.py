@@ -137,7 +137,7 @@ def score(records: list, preds68: np.ndarray, set_name: str) -> dict[str, float]
 
 def make_training_evaluator(limit: int | None = 100, coarse_size: int | None = None
                             ) -> Callable[[torch.nn.Module], dict]:
-    """A quick dev NME for the training loop (first `limit` faces of each dev set), at the
+    """A quick dev NME for the training loop (`limit` faces spread over each dev set), at the
     full input size and, for a coarse stage, also at `coarse_size` ("..._nme@128")."""
     layout = load_layout()
     data = dev_data(limit)
@@ -161,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None,
                         help="safetensors weights (default: the shipped ones)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint")
+    parser.add_argument("--raw", action="store_true",
+                        help="a checkpoint's raw training weights, not its weight average")
     parser.add_argument("--teachers", type=Path, default=REPO / "cache" / "teachers")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "eval")
     parser.add_argument("--input-size", type=int, default=None,
@@ -173,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluation(args: argparse.Namespace) -> int:
     from ..net.prnet import PRNet
     from ..net.weights import load_weights
-    from .train import checkpoint_input_size
+    from .train import checkpoint_input_size, checkpoint_weights
 
     if args.fit_point_maps or not MAPPING_FILE.is_file():
         maps = fit_point_maps(args.teachers)
@@ -183,7 +185,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     model = PRNet()
     if args.checkpoint is not None:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint_weights(checkpoint, ema=not args.raw))
+        print("checkpoint's " + ("weight average" if "ema" in checkpoint and not args.raw
+                                 else "raw training weights"))
         input_size = checkpoint_input_size(checkpoint, layout.resolution)
     else:
         state, info = load_weights(args.weights, layout.layout_id)

@@ -9,9 +9,10 @@ training face with hand labels (300W: 51 points without the jaw; AFLW: 19 points
 * the MediaPipe dense teacher, mapped to 68 by model_weights/eval_point_maps.json (scored on the
   faces it detected; its detection rate is reported beside it).
 
-The 300W and AFLW targets were fitted WITH the hand labels (FitSettings.label_weight), so on
-those faces they are expected to beat both teachers; the labels-free figure (fit to the
-teachers only, scored on dev faces) is in docs/TRAINING.md. Also draws a few overlays (storage
+The 300W and AFLW targets were fitted WITH the hand labels (FitSettings.label_weight) and then
+pulled onto them (targets.label_corrected_map), so on those faces they carry the labels up to
+the correction's ridge; the report checks that nothing broke that. The fit-alone and
+labels-free figures are in docs/TRAINING.md. Also draws a few overlays (storage
 crop with the target's 68 points, and the target's depth in UV space) to look at.
 """
 

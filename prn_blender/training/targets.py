@@ -23,7 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.geometry import position_map_from_mesh
+from ..core.geometry import (
+    displace_position_map,
+    landmarks_from_position_map,
+    position_map_from_mesh,
+)
 from ..core.layout import UVLayout
 from .faces import FACE_SETS, FaceRecord, dev_names, iter_jpeg_bytes, load_face_set
 from .fit import (
@@ -213,6 +217,59 @@ def observations_for(
     )
 
 
+LABEL_CORRECTION_SIGMA_TEXELS = 10.0
+"""Reach of the label correction in UV texels: about the mean spacing of the 68 landmark
+texels (10.9), so neighbouring corrections blend and the field fades 2-3 landmarks away."""
+LABEL_CORRECTION_RIDGE = 0.05
+LABEL_CORRECTION_MAX = 0.10
+"""Label points further than this fraction of the face diagonal from the fit are treated as
+label errors and not pulled to."""
+
+
+def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRecord,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Controls for `displace_position_map` that move the fitted map's landmarks onto the hand
+    labels in the image plane: ((K, 2) landmark texels, (K, 2) x/y offsets in photo px).
+
+    300W: the 51 non-jaw points (its jaw is a 2D silhouette, DESIGN section 5). AFLW: each
+    visible one of the 19 evaluated points, whose residual to the mean of its iBUG sources
+    (`metrics.AFLW21_FROM_IBUG68`) moves each source by that amount. Other sets: none."""
+    from .metrics import AFLW19_INDICES, AFLW21_FROM_IBUG68
+
+    empty = np.zeros((0, 2)), np.zeros((0, 2))
+    if record.landmarks is None or record.set_name not in ("300w", "aflw"):
+        return empty
+    fitted = landmarks_from_position_map(position_map, layout)[:, :2].astype(np.float64)
+    labels = np.asarray(record.landmarks, dtype=np.float64)[:, :2]
+    if record.set_name == "300w":
+        rows = np.arange(17, 68)
+        offsets = labels[rows] - fitted[rows]
+    else:
+        rows_list, offsets_list = [], []
+        for point in AFLW19_INDICES:
+            if record.visible is not None and not record.visible[point]:
+                continue
+            sources = list(AFLW21_FROM_IBUG68[point])
+            residual = labels[point] - fitted[sources].mean(axis=0)
+            rows_list += sources
+            offsets_list += [residual] * len(sources)
+        if not rows_list:
+            return empty
+        rows, offsets = np.array(rows_list), np.array(offsets_list)
+    diagonal = float(np.linalg.norm(np.ptp(fitted, axis=0)))
+    keep = (np.isfinite(offsets).all(axis=1)
+            & (np.linalg.norm(offsets, axis=1) <= LABEL_CORRECTION_MAX * diagonal))
+    return np.asarray(layout.landmark_texels, np.float64)[rows[keep]], offsets[keep]
+
+
+def label_corrected_map(position_map: np.ndarray, layout: UVLayout,
+                        record: FaceRecord) -> np.ndarray:
+    """The fitted target map with its x/y pulled onto the record's hand labels (if any)."""
+    texels, offsets = label_corrections(position_map, layout, record)
+    return displace_position_map(position_map, texels, offsets,
+                                 LABEL_CORRECTION_SIGMA_TEXELS, LABEL_CORRECTION_RIDGE)
+
+
 def fitted_landmarks(ctx: TargetContext, fit: FitResult) -> np.ndarray:
     """(68, 3) calibrated landmarks of a fit, photo pixels."""
     return fit.to_photo(ctx.basis.subset(np.arange(68)).points(fit.identity, fit.expression))
@@ -274,9 +331,11 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
         if not np.isfinite(fit.teacher_rms_px) or fit.teacher_rms_px > REJECT_RMS * face_px:
             rejected += 1
             continue
-        lm = fitted_landmarks(ctx, fit)
+        position_map = label_corrected_map(
+            fitted_position_map(ctx.layout, ctx.model, fit), ctx.layout, record)
+        lm = landmarks_from_position_map(position_map, ctx.layout)
         jpegs.append(jpeg)
-        maps.append(fitted_position_map(ctx.layout, ctx.model, fit).astype(np.float16))
+        maps.append(position_map.astype(np.float16))
         boxes.append([*lm[:, :2].min(0), *lm[:, :2].max(0)])
         out_names.append(record.name)
         yaws.append(record.yaw_deg)
@@ -348,6 +407,8 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
         "layout_id": _CTX.layout.layout_id,
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
+        "label_correction": [LABEL_CORRECTION_SIGMA_TEXELS, LABEL_CORRECTION_RIDGE,
+                             LABEL_CORRECTION_MAX],
         "chunk_size": CHUNK_SIZE,
         "teachers": {name: file_sha256(teachers / name) for name in TEACHER_FILES
                      if (teachers / name).is_file()},

@@ -286,3 +286,29 @@ def test_face_smoothing_removes_noise_and_keeps_the_outline(ict_layout):
                                atol=1.0)
     np.testing.assert_allclose(np.nanmax(smoothed[:, :2], 0), np.nanmax(clean[:, :2], 0),
                                atol=1.0)
+
+
+def test_displacement_moves_the_controls_and_fades_away_from_them():
+    from prn_blender.core.geometry import displace_position_map
+
+    r = 64
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float32)
+    plane = np.stack([2 * cols + 5, 3 * rows - 1, cols + rows], axis=-1)
+    pm = plane.copy()
+    pm[0, :8] = np.nan
+    controls = np.array([[20.0, 20.0], [30.0, 22.0], [25.0, 35.0]])
+    offsets = np.array([[3.0, -2.0], [1.0, 4.0], [-2.0, 0.5]])
+    out = displace_position_map(pm, controls, offsets, sigma_texels=4.0, ridge=0.0)
+    for (x, y), offset in zip(controls.astype(int), offsets, strict=True):
+        np.testing.assert_allclose(out[y, x, :2] - plane[y, x, :2], offset, atol=1e-4)
+    np.testing.assert_array_equal(out[..., 2], pm[..., 2])  # only the given channels move
+    far = np.hypot(cols - 25, rows - 25) > 30  # > 5 sigma from every control
+    np.testing.assert_allclose(out[far & np.isfinite(pm[..., 0])],
+                               pm[far & np.isfinite(pm[..., 0])], atol=1e-3)
+    assert np.isnan(out[0, :8]).all()
+    # A ridge shrinks an isolated control's move by 1 / (1 + ridge).
+    lone = displace_position_map(plane, controls[:1], offsets[:1], 4.0, ridge=0.25)
+    np.testing.assert_allclose(lone[20, 20, :2] - plane[20, 20, :2], offsets[0] / 1.25,
+                               atol=1e-4)
+    np.testing.assert_array_equal(displace_position_map(pm, np.zeros((0, 2)),
+                                                        np.zeros((0, 2)), 4.0), pm)

@@ -98,3 +98,58 @@ def test_target_position_map_carries_the_fitted_landmarks() -> None:
     # Bilinear reads of the rasterised mesh vs exact surface points: within 0.5 px (x, y) at
     # 6 px per cm (eye corners next to the one-texel eye holes are the worst, ~0.35 px).
     np.testing.assert_allclose(from_map[:, :2], direct[:, :2], atol=0.5)
+
+
+def _record(set_name: str, labels: np.ndarray, visible: np.ndarray | None = None):
+    from prn_blender.training.faces import FaceRecord
+
+    return FaceRecord(set_name, "face", "face.jpg", labels.astype(np.float32), float("nan"),
+                      None, 256, visible)
+
+
+def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> None:
+    from prn_blender.training.metrics import (
+        AFLW19_INDICES,
+        IBUG68_NON_JAW,
+        aflw21_from_ibug68,
+        nme,
+    )
+    from prn_blender.training.targets import label_corrected_map
+
+    layout = load_layout()
+    r = layout.resolution
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float32)
+    # A face map whose x/y are the texel coordinates (1 px per texel), depth a bump.
+    pm = np.stack([cols, rows, 0.01 * ((cols - 128) ** 2 + (rows - 128) ** 2)], axis=-1)
+    pm[~layout.face_mask] = np.nan
+    fitted = landmarks_from_position_map(pm, layout)
+    rng = np.random.default_rng(0)
+    truth = fitted[:, :2] * 1.08 - 7.0 + rng.normal(0, 1.0, (68, 2))  # the labeller's points
+
+    labels = truth.copy()
+    labels[:17] += 30.0  # 300W's jaw is a silhouette convention: never pulled to
+    labels[30] += 60.0  # a label error (far beyond 10 % of the face): ignored
+    out = label_corrected_map(pm, layout, _record("300w", labels))
+    moved = landmarks_from_position_map(out, layout)
+    inner = [i for i in IBUG68_NON_JAW if i != 30]
+    before = nme(fitted[None, inner], truth[None, inner])[0]
+    after = nme(moved[None, inner], truth[None, inner])[0]
+    assert before > 0.025 and after < 0.1 * before
+    assert np.abs(moved[:17, :2] - truth[:17]).max() < 12.0  # jaw follows its neighbours only
+    assert abs(moved[30, 1] - labels[30, 1]) > 40.0
+    np.testing.assert_array_equal(out[..., 2], pm[..., 2])
+    assert np.isnan(out[~layout.face_mask]).all() and np.isfinite(out[layout.face_mask]).all()
+
+    aflw = aflw21_from_ibug68(truth[None])[0]
+    visible = np.isfinite(aflw).all(axis=1)
+    visible[7] = False  # an unlabelled eye centre is not a control
+    out = label_corrected_map(pm, layout, _record("aflw", aflw, visible))
+    moved21 = aflw21_from_ibug68(landmarks_from_position_map(out, layout)[None])
+    fitted21 = aflw21_from_ibug68(fitted[None])
+    seen = tuple(i for i in AFLW19_INDICES if visible[i])
+    assert nme(moved21, aflw[None], seen)[0] < 0.1 * nme(fitted21, aflw[None], seen)[0]
+    # UTKFace has no labels: the map is unchanged.
+    from prn_blender.training.faces import FaceRecord
+
+    utk = FaceRecord("utkface", "u", "u.jpg", None, float("nan"), None, 200)
+    np.testing.assert_array_equal(label_corrected_map(pm, layout, utk), pm)

@@ -19,7 +19,13 @@ import torch
 from prn_blender.net.prnet import PRNet
 from prn_blender.training.__main__ import COMMANDS
 from prn_blender.training.loss import batch_landmark_nme, weighted_position_loss
-from prn_blender.training.train import TrainConfig, export_checkpoint, load_checkpoint, train
+from prn_blender.training.train import (
+    TrainConfig,
+    checkpoint_weights,
+    export_checkpoint,
+    load_checkpoint,
+    train,
+)
 from tests.training.synthetic_shards import synthetic_layout, write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +121,8 @@ def test_stop_and_resume_equals_uninterrupted_run(data, tmp_path):
     train(replace(part, max_steps=6, resume=True))
     _assert_same_weights(_weights(tmp_path / "whole" / "last.pt"),
                          _weights(tmp_path / "part" / "last.pt"))
+    _assert_same_weights(load_checkpoint(tmp_path / "whole" / "last.pt")["ema"],
+                         load_checkpoint(tmp_path / "part" / "last.pt")["ema"])
     assert [r["loss"] for r in _log(tmp_path / "whole")] == \
         [r["loss"] for r in _log(tmp_path / "part")]
 
@@ -143,6 +151,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(data, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     train(_config(data, tmp_path / "whole", max_steps=steps, lr=1e-3, checkpoint_minutes=0.0))
     _assert_same_weights(_weights(run / "last.pt"), _weights(tmp_path / "whole" / "last.pt"))
+    _assert_same_weights(load_checkpoint(run / "last.pt")["ema"],
+                         load_checkpoint(tmp_path / "whole" / "last.pt")["ema"])
     assert [int(r["step"]) for r in _log(run)] == list(range(1, steps + 1))
 
 
@@ -151,10 +161,14 @@ def test_evaluate_hook_results_go_to_eval_csv(data, tmp_path):
 
     def evaluate(model):
         calls.append(model.training)
+        # The hook sees the weight average, just saved in the checkpoint.
+        saved = checkpoint_weights(load_checkpoint(tmp_path / "run" / "last.pt"))
+        _assert_same_weights(dict(model.state_dict()), saved)
         model.eval()
         return {"dev_nme": 12.5, "other": 1.0}
 
-    train(_config(data, tmp_path / "run", max_steps=2, eval_minutes=0.0), evaluate)
+    train(_config(data, tmp_path / "run", max_steps=2, eval_minutes=0.0, ema_decay=0.5),
+          evaluate)
     with open(tmp_path / "run" / "eval.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(calls) == 1  # after step 1; step 2 is the last step
@@ -164,23 +178,48 @@ def test_evaluate_hook_results_go_to_eval_csv(data, tmp_path):
 def test_export_writes_safetensors_with_layout_id_and_checkpoint_weights(data, tmp_path):
     from prn_blender.net.weights import load_weights
 
-    train(_config(data, tmp_path / "run", max_steps=1))
-    out = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "w.safetensors",
-                            dev_nme="x")
-    state, info = load_weights(out, expected_layout_id="synthetic64")
-    assert info.trained and info.dev_nme == "x" and "1 steps" in info.training
-    saved = _weights(tmp_path / "run" / "last.pt")
-    assert state.keys() == saved.keys()
-    for key, value in saved.items():  # fp16 on disk: about 3 significant digits
-        torch.testing.assert_close(state[key], value.to(state[key].dtype), atol=1e-3,
-                                   rtol=1e-3, msg=key)
+    train(_config(data, tmp_path / "run", max_steps=3, lr=1e-3, ema_decay=0.5))
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    for ema, name in ((True, "avg"), (False, "raw")):
+        out = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / f"{name}.safetensors",
+                                dev_nme="x", ema=ema)
+        state, info = load_weights(out, expected_layout_id="synthetic64")
+        assert info.trained and info.dev_nme == "x" and "3 steps" in info.training
+        assert ("weight average" in info.training) == ema
+        saved = checkpoint_weights(checkpoint, ema)
+        assert state.keys() == saved.keys()
+        for key, value in saved.items():  # fp16 on disk: about 3 significant digits
+            torch.testing.assert_close(state[key], value.to(state[key].dtype), atol=1e-3,
+                                       rtol=1e-3, msg=key)
+
+
+def test_weight_average_follows_the_training_weights_with_the_given_decay(data, tmp_path):
+    """EMA after 2 steps with decay d: w0 = weights after step 1 (copied), then
+    d * w0 + (1 - d) * w2. Checked against the raw weights of two 1-step-apart runs."""
+    one = _config(data, tmp_path / "run", max_steps=1, lr=1e-3, ema_decay=0.25)
+    train(one)
+    after1 = _weights(tmp_path / "run" / "last.pt")
+    assert set(load_checkpoint(tmp_path / "run" / "last.pt")["ema"]) >= {"n_averaged"}
+    train(replace(one, max_steps=2, resume=True))
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    after2, average = checkpoint["model"], checkpoint_weights(checkpoint)
+    key = "input_conv.weight" if "input_conv.weight" in after2 else next(iter(after2))
+    assert not torch.equal(after1[key], after2[key])
+    for k, value in after2.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(average[k], 0.25 * after1[k] + 0.75 * value,
+                                       atol=1e-6, rtol=1e-5, msg=k)
+    off = replace(one, out=tmp_path / "off", ema_decay=0.0)
+    train(off)
+    assert "ema" not in load_checkpoint(tmp_path / "off" / "last.pt")
 
 
 def test_init_from_checkpoint_starts_from_its_weights(data, tmp_path):
     train(_config(data, tmp_path / "a", max_steps=1))
     train(_config(data, tmp_path / "b", max_steps=1, init_from=tmp_path / "a" / "last.pt",
                   lr=0.0))
-    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    a = checkpoint_weights(load_checkpoint(tmp_path / "a" / "last.pt"))
+    b = _weights(tmp_path / "b" / "last.pt")
     params = [k for k in a if "running" not in k and "num_batches" not in k]
     _assert_same_weights({k: a[k] for k in params}, {k: b[k] for k in params})
 
