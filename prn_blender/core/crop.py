@@ -11,6 +11,7 @@ official-layout path only. Depth (z) scales with the crop like x and y.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -82,6 +83,44 @@ def crop_from_box(
     """The network crop of a face box (x0, y0, x1, y1) in photo pixels."""
     centre, side = box_center_side(box, convention)
     return crop_from_similarity(centre, side, 0.0, resolution)
+
+
+UPRIGHT_MIN_ROLL_DEG = 10.0
+"""`crop_from_landmarks` rotates the crop upright only beyond this roll: nearly upright faces
+keep the axis-aligned training crop exactly."""
+
+
+def landmark_roll_deg(landmarks68: np.ndarray) -> float:
+    """In-plane rotation of a face from its iBUG-68 points (photo px, y down): the angle of the
+    line from the image-left eye's centre (points 36-41) to the other's (42-47); positive =
+    the face turned clockwise on screen."""
+    pts = np.asarray(landmarks68, dtype=np.float64)[:, :2]
+    d = pts[42:48].mean(axis=0) - pts[36:42].mean(axis=0)
+    return float(np.degrees(np.arctan2(d[1], d[0])))
+
+
+def crop_from_landmarks(
+    landmarks68: np.ndarray, convention: CropConvention = LANDMARK_BOX, resolution: int = 256,
+    upright_min_deg: float = UPRIGHT_MIN_ROLL_DEG,
+    box_mapping: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> CropTransform:
+    """The network crop of a face given its 68 points (photo px): the training crop of their
+    tight box (passed through `box_mapping` if given), taken in the face's own upright frame
+    when its roll exceeds `upright_min_deg` (so the network sees the face upright, as most
+    training faces are; `uncrop_*` undo the rotation). Below that, exactly `crop_from_box` of
+    the axis-aligned box."""
+    pts = np.asarray(landmarks68, dtype=np.float64)[:, :2]
+    roll = landmark_roll_deg(pts)
+    if abs(roll) <= upright_min_deg:
+        roll = 0.0
+    a = np.deg2rad(roll)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # photo -> upright
+    upright = pts @ rot.T
+    box = np.array([*upright.min(axis=0), *upright.max(axis=0)])
+    if box_mapping is not None:
+        box = box_mapping(box)
+    centre, side = box_center_side(box, convention)
+    return crop_from_similarity(rot.T @ centre, side, roll, resolution)
 
 
 def official_crop_from_box(

@@ -7,8 +7,8 @@ Pipeline (DESIGN.md sections 0 and 3): load the photo (core.photo) -> detect fac
 (inference.detect, or the caller's tight 68-landmark boxes) -> each detector box mapped to the
 tight landmark box -> crop (`crop_from_box(box, LANDMARK_BOX)`, the training crop) -> PRNet ->
 uncrop -> optional refinement (re-crop from the tight box of the predicted 68 landmarks, the box
-the network was trained on, and run again) -> mesh, UVs, texture, visibility, landmarks, pose.
-All faces of one pass run as one batch.
+the network was trained on, turned upright when the face is rolled, and run again) -> mesh,
+UVs, texture, visibility, landmarks, pose. All faces of one pass run as one batch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import cv2
 import numpy as np
 import torch
 
-from ..core.crop import LANDMARK_BOX, CropTransform, crop_from_box, uncrop_position_map
+from ..core.crop import (
+    LANDMARK_BOX,
+    CropTransform,
+    crop_from_box,
+    crop_from_landmarks,
+    uncrop_position_map,
+)
 from ..core.crop import warp_photo_to_crop as _warp
 from ..core.geometry import landmarks_from_position_map, mesh_uvs, position_map_to_vertices
 from ..core.layout import UVLayout, load_layout
@@ -144,15 +150,16 @@ class Reconstructor:
         if not tight:
             return []
         report(0.3, f"Reconstructing {len(tight)} face{'s' if len(tight) > 1 else ''}")
-        maps = self._predict(photo, tight)
+        r = self.layout.resolution
+        maps = self._predict(photo, [crop_from_box(box, LANDMARK_BOX, r) for box in tight])
         if options.refine:
             report(0.5, "Refining the crop from the face's landmarks")
-            refined = [self._refined_box(pm, box) for pm, box in zip(maps, tight, strict=True)]
-            redo = [i for i, box in enumerate(refined) if box is not None]
+            refined = [self._refined_crop(pm, box) for pm, box in zip(maps, tight, strict=True)]
+            redo = [i for i, crop in enumerate(refined) if crop is not None]
             if redo:
-                again = self._predict(photo, [refined[i] for i in redo])
+                again = self._predict(photo, [refined[i][1] for i in redo])
                 for i, pm in zip(redo, again, strict=True):
-                    maps[i], tight[i] = pm, refined[i]
+                    maps[i], tight[i] = pm, refined[i][0]
         results = []
         for index, (pm, box) in enumerate(zip(maps, tight, strict=True)):
             report(0.6 + 0.35 * index / len(maps), "Sampling the texture")
@@ -170,18 +177,18 @@ class Reconstructor:
             y = predict_at(self.model, x, self.weights_info.input_size or None)
         return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
-    def _predict(self, photo: np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
-        """Position maps in photo pixels, one per tight box."""
-        transforms: list[CropTransform] = [
-            crop_from_box(box, LANDMARK_BOX, self.layout.resolution) for box in boxes]
+    def _predict(self, photo: np.ndarray, transforms: list[CropTransform]) -> list[np.ndarray]:
+        """Position maps in photo pixels, one per crop."""
         # Reflected borders, as in training: crops never show black edges.
         crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in transforms])
         maps = self._forward(crops)
         return [uncrop_position_map(pm, t) for pm, t in zip(maps, transforms, strict=True)]
 
-    def _refined_box(self, position_map: np.ndarray, box: np.ndarray) -> np.ndarray | None:
-        """Tight box of the predicted 68 landmarks (through REFINE_TO_LANDMARKS), or None when
-        it is not plausible next to the first box."""
+    def _refined_crop(self, position_map: np.ndarray, box: np.ndarray
+                      ) -> tuple[np.ndarray, CropTransform] | None:
+        """(tight box, crop) from the predicted 68 landmarks (box through
+        REFINE_TO_LANDMARKS; crop upright when the face is rolled, core.crop
+        .crop_from_landmarks), or None when the box is not plausible next to the first one."""
         lm = landmarks_from_position_map(position_map, self.layout)[:, :2]
         if not np.isfinite(lm).all():
             return None
@@ -193,7 +200,9 @@ class Reconstructor:
                 and 1 / REFINE_MAX_SIDE_CHANGE <= side_new / side_old <= REFINE_MAX_SIDE_CHANGE
                 and shift <= 0.5 * side_old):
             return None
-        return new
+        crop = crop_from_landmarks(lm, LANDMARK_BOX, self.layout.resolution,
+                                   box_mapping=REFINE_TO_LANDMARKS.apply)
+        return new, crop
 
     def _result(self, photo: np.ndarray, pm: np.ndarray, box: np.ndarray,
                 options: ReconstructOptions) -> FaceResult:

@@ -101,3 +101,37 @@ def test_constant_border_is_black_and_reflect_border_is_not():
 def test_non_positive_crop_side_is_rejected():
     with pytest.raises(ValueError, match="positive"):
         crop_from_similarity((0.0, 0.0), 0.0)
+
+
+def _rotate(points: np.ndarray, angle_deg: float, centre: np.ndarray) -> np.ndarray:
+    """Rotate (N, 2) photo points (y down) by angle_deg clockwise on screen about centre."""
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return (points - centre) @ rot.T + centre
+
+
+def test_landmark_crop_turns_a_rolled_face_upright_with_its_upright_box():
+    from prn_blender.core.crop import crop_from_landmarks, crop_points, landmark_roll_deg
+    from prn_blender.core.layout import load_layout
+
+    texels = np.asarray(load_layout().landmark_texels, np.float64)
+    centre = texels.mean(axis=0)
+    upright = _rotate(texels * 1.7 + [40.0, 25.0], -landmark_roll_deg(texels), centre)
+    assert landmark_roll_deg(upright) == pytest.approx(0.0, abs=1e-9)
+    reference = crop_points(upright, crop_from_box((*upright.min(0), *upright.max(0))))
+    for roll in (-40.0, 25.0, 170.0):
+        rolled = _rotate(upright, roll, np.array([300.0, 200.0]))
+        assert landmark_roll_deg(rolled) == pytest.approx(roll, abs=1e-9)
+        crop = crop_from_landmarks(rolled)
+        # The network sees exactly the upright face's training crop.
+        np.testing.assert_allclose(crop_points(rolled, crop), reference, atol=1e-3)
+        np.testing.assert_allclose(uncrop_points(reference, crop), rolled, atol=1e-3)
+    # Up to the threshold the crop is the plain axis-aligned one.
+    slight = _rotate(upright, 9.0, centre)
+    np.testing.assert_array_equal(
+        crop_from_landmarks(slight).matrix,
+        crop_from_box((*slight.min(0), *slight.max(0))).matrix)
+    shift = np.array([10.0, 0.0])
+    shifted = crop_from_landmarks(upright, box_mapping=lambda b: b + np.tile(shift, 2))
+    np.testing.assert_allclose(crop_points(upright + shift, shifted), reference,
+                               atol=1e-3)
