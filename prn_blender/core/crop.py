@@ -103,14 +103,18 @@ def crop_from_landmarks(
     landmarks68: np.ndarray, convention: CropConvention = LANDMARK_BOX, resolution: int = 256,
     upright_min_deg: float = UPRIGHT_MIN_ROLL_DEG,
     box_mapping: Callable[[np.ndarray], np.ndarray] | None = None,
+    roll_deg: float | None = None,
 ) -> CropTransform:
     """The network crop of a face given its 68 points (photo px): the training crop of their
     tight box (passed through `box_mapping` if given), taken in the face's own upright frame
-    when its roll exceeds `upright_min_deg` (so the network sees the face upright, as most
-    training faces are; `uncrop_*` undo the rotation). Below that, exactly `crop_from_box` of
-    the axis-aligned box."""
+    when its roll exceeds `upright_min_deg` (`uncrop_*` undo the rotation). Below that,
+    exactly `crop_from_box` of the axis-aligned box. Training crops are axis-aligned boxes of
+    mostly upright faces (then rotated by up to 45 degrees), so the upright box is the size the
+    network knows best. roll_deg: the face's roll (clockwise on screen > 0), e.g. from the
+    head pose, which stays reliable on turned faces whose eyes are close together on screen;
+    None = from the eye line (`landmark_roll_deg`)."""
     pts = np.asarray(landmarks68, dtype=np.float64)[:, :2]
-    roll = landmark_roll_deg(pts)
+    roll = landmark_roll_deg(pts) if roll_deg is None else float(roll_deg)
     if abs(roll) <= upright_min_deg:
         roll = 0.0
     a = np.deg2rad(roll)

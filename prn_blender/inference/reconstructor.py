@@ -186,9 +186,9 @@ class Reconstructor:
 
     def _refined_crop(self, position_map: np.ndarray, box: np.ndarray
                       ) -> tuple[np.ndarray, CropTransform] | None:
-        """(tight box, crop) from the predicted 68 landmarks (box through
-        REFINE_TO_LANDMARKS; crop upright when the face is rolled, core.crop
-        .crop_from_landmarks), or None when the box is not plausible next to the first one."""
+        """(tight box, crop) from the predicted 68 landmarks (box through REFINE_TO_LANDMARKS;
+        crop upright when the face is rolled, core.crop.crop_from_landmarks, roll from the
+        head pose), or None when the box is not plausible next to the first one."""
         lm = landmarks_from_position_map(position_map, self.layout)[:, :2]
         if not np.isfinite(lm).all():
             return None
@@ -200,8 +200,11 @@ class Reconstructor:
                 and 1 / REFINE_MAX_SIDE_CHANGE <= side_new / side_old <= REFINE_MAX_SIDE_CHANGE
                 and shift <= 0.5 * side_old):
             return None
+        # Roll from the whole surface's pose: the eye line is unreliable on turned faces.
+        pose = estimate_pose(position_map_to_vertices(position_map, self.layout), self.layout)
         crop = crop_from_landmarks(lm, LANDMARK_BOX, self.layout.resolution,
-                                   box_mapping=REFINE_TO_LANDMARKS.apply)
+                                   box_mapping=REFINE_TO_LANDMARKS.apply,
+                                   roll_deg=pose.roll_deg)
         return new, crop
 
     def _result(self, photo: np.ndarray, pm: np.ndarray, box: np.ndarray,

@@ -121,7 +121,9 @@ def run_chunks(
     start method: workers inherit the parent's imports and globals). `stamp`: JSON-able
     settings the outputs depend on; `outputs_exist(chunk_id)`: whether a chunk's outputs are
     still on disk. See the module docstring."""
-    stamp = dict(stamp or {})
+    # As records store it: JSON turns tuples into lists, and a stamp that never equals its
+    # own records would redo every chunk forever.
+    stamp = json.loads(json.dumps(stamp or {}))
 
     def is_done(chunk_id: str) -> bool:
         return bool(read_records(out_dir, [chunk_id], stamp, outputs_exist))
@@ -162,6 +164,7 @@ def run_chunks(
                             bar.update(1)
         except BrokenProcessPool:
             continue
+        break  # every chunk was attempted without a pool failure
     bar.close()
     result.done = read_records(out_dir, ids, stamp, outputs_exist)
     result.missing = [c for c in ids if c not in result.done]

@@ -217,10 +217,13 @@ def observations_for(
     )
 
 
-LABEL_CORRECTION_SIGMA_TEXELS = 10.0
-"""Reach of the label correction in UV texels: about the mean spacing of the 68 landmark
-texels (10.9), so neighbouring corrections blend and the field fades 2-3 landmarks away."""
-LABEL_CORRECTION_RIDGE = 0.05
+LABEL_CORRECTION_PASSES = ((10.0, 1.0), (2.0, 0.05))
+"""(sigma in UV texels, ridge) of the label correction's two passes. The first reaches about
+the mean spacing of the 68 landmark texels (10.9), so neighbouring corrections blend and the
+field fades 2-3 landmarks away; its large ridge keeps only the smooth part of the residuals
+(points 2 texels apart with opposite residuals, e.g. eyelids on a more open eye, would need
+huge opposite weights and throw lobes of up to 2.5x the residual 10 texels away). The second,
+local pass fits what is left, such as the eye's opening, within a few texels."""
 LABEL_CORRECTION_MAX = 0.10
 """Label points further than this fraction of the face diagonal from the fit are treated as
 label errors and not pulled to."""
@@ -256,7 +259,7 @@ def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRe
         if not rows_list:
             return empty
         rows, offsets = np.array(rows_list), np.array(offsets_list)
-    diagonal = float(np.linalg.norm(np.ptp(fitted, axis=0)))
+    diagonal = float(np.linalg.norm(np.nanmax(fitted, axis=0) - np.nanmin(fitted, axis=0)))
     keep = (np.isfinite(offsets).all(axis=1)
             & (np.linalg.norm(offsets, axis=1) <= LABEL_CORRECTION_MAX * diagonal))
     return np.asarray(layout.landmark_texels, np.float64)[rows[keep]], offsets[keep]
@@ -265,9 +268,10 @@ def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRe
 def label_corrected_map(position_map: np.ndarray, layout: UVLayout,
                         record: FaceRecord) -> np.ndarray:
     """The fitted target map with its x/y pulled onto the record's hand labels (if any)."""
-    texels, offsets = label_corrections(position_map, layout, record)
-    return displace_position_map(position_map, texels, offsets,
-                                 LABEL_CORRECTION_SIGMA_TEXELS, LABEL_CORRECTION_RIDGE)
+    for sigma, ridge in LABEL_CORRECTION_PASSES:
+        texels, offsets = label_corrections(position_map, layout, record)
+        position_map = displace_position_map(position_map, texels, offsets, sigma, ridge)
+    return position_map
 
 
 def fitted_landmarks(ctx: TargetContext, fit: FitResult) -> np.ndarray:
@@ -407,8 +411,7 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
         "layout_id": _CTX.layout.layout_id,
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
-        "label_correction": [LABEL_CORRECTION_SIGMA_TEXELS, LABEL_CORRECTION_RIDGE,
-                             LABEL_CORRECTION_MAX],
+        "label_correction": [LABEL_CORRECTION_PASSES, LABEL_CORRECTION_MAX],
         "chunk_size": CHUNK_SIZE,
         "teachers": {name: file_sha256(teachers / name) for name in TEACHER_FILES
                      if (teachers / name).is_file()},

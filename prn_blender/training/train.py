@@ -96,7 +96,9 @@ class TrainConfig:
     """Per-step decay of an exponential moving average of the weights and BatchNorm
     statistics (torch.optim.swa_utils.AveragedModel), kept in the checkpoint, evaluated and
     exported instead of the raw weights; 0 = off. 0.999 averages over about 1,000 steps:
-    single checkpoints of the raw weights were measured to swing by ~1 point of dev NME."""
+    single checkpoints of the raw weights were measured to swing by ~1 point of dev NME. The
+    decay warms up (`ema_decay_at`), and the average restarts when a resumed run changes
+    `resolution` (a new stage: the old stage's weights score badly at the new size)."""
 
 
 def bf16_useful(device: torch.device) -> bool:
@@ -130,6 +132,29 @@ def checkpoint_input_size(checkpoint: dict, default: int) -> int:
 def load_checkpoint(path: Path) -> dict:
     """A trainer checkpoint (our own file: torch.load with weights_only=True)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def ema_decay_at(decay: float, n_averaged: int) -> float:
+    """Decay of the update after `n_averaged` earlier ones: min(decay, (1 + n) / (10 + n)),
+    so the average forgets its starting point quickly (it spans about the last tenth of the
+    steps until that reaches `decay`)."""
+    return min(decay, (1.0 + n_averaged) / (10.0 + n_averaged))
+
+
+def _ema_update_fn(decay: float) -> Callable:
+    """AveragedModel `multi_avg_fn` with the warm-up of `ema_decay_at` (float tensors; the
+    integer BatchNorm step counters are copied)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               n_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(decay, int(n_averaged)))
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
 
 
 def checkpoint_weights(checkpoint: dict, ema: bool = True) -> dict[str, torch.Tensor]:
@@ -246,14 +271,23 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
     ema = None
     if config.ema_decay > 0 and ctx.is_main:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+        ema = AveragedModel(model, multi_avg_fn=_ema_update_fn(config.ema_decay),
                             use_buffers=True)
-        if state is not None and "ema" in state:
+        same_stage = state is not None and (
+            checkpoint_input_size(state, layout.resolution)
+            == (config.resolution or layout.resolution))
+        if state is not None and "ema" in state and same_stage:
             ema.load_state_dict(state["ema"])
+        elif state is not None and "ema" in state:
+            ctx.log("new input resolution: the weight average restarts from these weights")
+    elif state is not None and "ema" in state and ctx.is_main:
+        ctx.log("--ema-decay 0: the checkpoint's weight average is dropped")
     epoch = position = step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -142,14 +142,48 @@ def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> N
 
     aflw = aflw21_from_ibug68(truth[None])[0]
     visible = np.isfinite(aflw).all(axis=1)
-    visible[7] = False  # an unlabelled eye centre is not a control
-    out = label_corrected_map(pm, layout, _record("aflw", aflw, visible))
+    visible[7] = False  # an invisible eye centre is not a control, wherever its label is
+    aflw[7] += [0.0, 8.0]
+    aflw[10] = np.nan  # nor is an unlabelled one
+    visible_nan = visible.copy()
+    visible_nan[10] = True  # even when flagged visible
+    out = label_corrected_map(pm, layout, _record("aflw", aflw, visible_nan))
     moved21 = aflw21_from_ibug68(landmarks_from_position_map(out, layout)[None])
     fitted21 = aflw21_from_ibug68(fitted[None])
-    seen = tuple(i for i in AFLW19_INDICES if visible[i])
+    seen = tuple(i for i in AFLW19_INDICES if visible[i] and i != 10)
     assert nme(moved21, aflw[None], seen)[0] < 0.1 * nme(fitted21, aflw[None], seen)[0]
+    # The invisible point stays where its neighbours take it, far from its moved label.
+    assert np.linalg.norm(moved21[0, 7, :2] - aflw[7]) > 5.0
     # UTKFace has no labels: the map is unchanged.
     from prn_blender.training.faces import FaceRecord
 
     utk = FaceRecord("utkface", "u", "u.jpg", None, float("nan"), None, 200)
     np.testing.assert_array_equal(label_corrected_map(pm, layout, utk), pm)
+
+
+def test_label_correction_opens_an_eye_locally_without_distant_lobes() -> None:
+    """Labels marking both eyes 8 px more open than the fit (lids 2 texels apart in UV): the
+    lids follow, and the face a few texels away hardly moves (a single wide pass moved the
+    lids only 1.4-2.0 px and texels 10 texels away by up to 10 px)."""
+    from prn_blender.training.targets import label_corrected_map
+
+    layout = load_layout()
+    r = layout.resolution
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float32)
+    pm = np.stack([cols, rows, np.zeros_like(cols)], axis=-1)
+    pm[~layout.face_mask] = np.nan
+    fitted = landmarks_from_position_map(pm, layout)[:, :2]
+    upper, lower = [37, 38, 43, 44], [40, 41, 46, 47]
+    labels = fitted.copy()
+    labels[upper, 1] -= 4.0
+    labels[lower, 1] += 4.0
+    out = label_corrected_map(pm, layout, _record("300w", labels))
+    moved = landmarks_from_position_map(out, layout)[:, :2] - fitted
+    assert (moved[upper, 1] < -3.0).all() and (moved[lower, 1] > 3.0).all()
+    others = np.delete(np.arange(68), upper + lower)
+    assert np.abs(moved[others]).max() < 0.3
+    shift = np.linalg.norm((out - pm)[..., :2], axis=-1)
+    eyes = np.asarray(layout.landmark_texels)[36:48]
+    distance = np.hypot(cols[..., None] - eyes[:, 0], rows[..., None] - eyes[:, 1]).min(-1)
+    assert np.nanmax(shift[layout.face_mask & (distance > 8)]) < 1.5
+    assert np.nanmax(shift) < 1.5 * 4.0

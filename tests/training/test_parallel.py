@@ -133,3 +133,14 @@ def test_chunks_are_redone_under_other_settings_or_when_their_outputs_are_gone(t
 def test_duplicate_chunk_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         run_chunks([("a", 1), ("a", 2)], square_chunk, tmp_path)
+
+
+def test_a_stamp_with_tuples_matches_its_own_records(tmp_path):
+    """Records store the stamp as JSON (tuples become lists): it must still count as the
+    same stamp, or every chunk would be redone (seen: all 30 target chunks run twice)."""
+    stamp = {"passes": ((10.0, 1.0), (2.0, 0.05)), "name": "x"}
+    run = run_chunks(_jobs(tmp_path, 3), square_chunk, tmp_path, workers=2, stamp=stamp)
+    assert sorted(run.ran) == ["c0", "c1", "c2"] and run.pool_restarts == 0
+    again = run_chunks(_jobs(tmp_path, 3), square_chunk, tmp_path, workers=2, stamp=stamp)
+    assert again.ran == [] and sorted(again.done) == ["c0", "c1", "c2"]
+    assert all(_attempts(tmp_path, f"c{i}") == 1 for i in range(3))

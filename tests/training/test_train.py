@@ -161,17 +161,22 @@ def test_evaluate_hook_results_go_to_eval_csv(data, tmp_path):
 
     def evaluate(model):
         calls.append(model.training)
-        # The hook sees the weight average, just saved in the checkpoint.
-        saved = checkpoint_weights(load_checkpoint(tmp_path / "run" / "last.pt"))
-        _assert_same_weights(dict(model.state_dict()), saved)
+        # The hook sees the weight average, just saved in the checkpoint (after step 2 it
+        # differs from the raw weights).
+        checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+        _assert_same_weights(dict(model.state_dict()), checkpoint_weights(checkpoint))
+        raw = checkpoint["model"]
+        differs = any(not torch.equal(v, raw[k]) for k, v in model.state_dict().items()
+                      if v.is_floating_point())
+        assert differs == (checkpoint["step"] > 1)
         model.eval()
         return {"dev_nme": 12.5, "other": 1.0}
 
-    train(_config(data, tmp_path / "run", max_steps=2, eval_minutes=0.0, ema_decay=0.5),
-          evaluate)
+    train(_config(data, tmp_path / "run", max_steps=3, eval_minutes=0.0, ema_decay=0.5,
+                  lr=1e-3), evaluate)
     with open(tmp_path / "run" / "eval.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(calls) == 1  # after step 1; step 2 is the last step
+    assert len(rows) == len(calls) == 2  # after steps 1 and 2; step 3 is the last step
     assert rows[0]["step"] == "1" and float(rows[0]["dev_nme"]) == 12.5
 
 
@@ -194,9 +199,15 @@ def test_export_writes_safetensors_with_layout_id_and_checkpoint_weights(data, t
 
 
 def test_weight_average_follows_the_training_weights_with_the_given_decay(data, tmp_path):
-    """EMA after 2 steps with decay d: w0 = weights after step 1 (copied), then
-    d * w0 + (1 - d) * w2. Checked against the raw weights of two 1-step-apart runs."""
-    one = _config(data, tmp_path / "run", max_steps=1, lr=1e-3, ema_decay=0.25)
+    """EMA after 2 steps: w0 = weights after step 1 (copied), then d * w0 + (1 - d) * w2 with
+    the warmed-up d = min(decay, 2 / 11). Checked against the raw weights of a run stopped
+    and resumed between the steps; a new resolution restarts the average."""
+    from prn_blender.training.train import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    one = _config(data, tmp_path / "run", max_steps=1, lr=1e-3, ema_decay=0.1)
     train(one)
     after1 = _weights(tmp_path / "run" / "last.pt")
     assert set(load_checkpoint(tmp_path / "run" / "last.pt")["ema"]) >= {"n_averaged"}
@@ -205,23 +216,32 @@ def test_weight_average_follows_the_training_weights_with_the_given_decay(data, 
     after2, average = checkpoint["model"], checkpoint_weights(checkpoint)
     key = "input_conv.weight" if "input_conv.weight" in after2 else next(iter(after2))
     assert not torch.equal(after1[key], after2[key])
+    d = ema_decay_at(0.1, 1)
+    assert d == 0.1
     for k, value in after2.items():
         if value.is_floating_point():
-            torch.testing.assert_close(average[k], 0.25 * after1[k] + 0.75 * value,
+            torch.testing.assert_close(average[k], d * after1[k] + (1 - d) * value,
                                        atol=1e-6, rtol=1e-5, msg=k)
+    train(replace(one, max_steps=3, resume=True, resolution=32))  # a new stage
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    _assert_same_weights(checkpoint_weights(checkpoint), checkpoint["model"])
     off = replace(one, out=tmp_path / "off", ema_decay=0.0)
     train(off)
     assert "ema" not in load_checkpoint(tmp_path / "off" / "last.pt")
+    with pytest.raises(ValueError, match="ema-decay"):
+        train(replace(one, out=tmp_path / "bad", ema_decay=1.0))
 
 
-def test_init_from_checkpoint_starts_from_its_weights(data, tmp_path):
-    train(_config(data, tmp_path / "a", max_steps=1))
+def test_init_from_checkpoint_starts_from_its_weight_average(data, tmp_path):
+    train(_config(data, tmp_path / "a", max_steps=3, lr=1e-3, ema_decay=0.5))
     train(_config(data, tmp_path / "b", max_steps=1, init_from=tmp_path / "a" / "last.pt",
                   lr=0.0))
-    a = checkpoint_weights(load_checkpoint(tmp_path / "a" / "last.pt"))
+    checkpoint = load_checkpoint(tmp_path / "a" / "last.pt")
+    a, raw = checkpoint_weights(checkpoint), checkpoint["model"]
     b = _weights(tmp_path / "b" / "last.pt")
     params = [k for k in a if "running" not in k and "num_batches" not in k]
     _assert_same_weights({k: a[k] for k in params}, {k: b[k] for k in params})
+    assert any(not torch.equal(a[k], raw[k]) for k in params)
 
 
 def test_bf16_autocast_loss_is_close_to_fp32_and_a_bf16_step_trains(data, tmp_path):
