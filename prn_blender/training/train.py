@@ -9,7 +9,8 @@ without it oneDNN emulates bf16 and a step is about 10x SLOWER, so `--bf16` defa
 
 Resumable exactly: batches are a pure function of (seed, epoch, position), see dataset.py; a
 checkpoint `RUN/last.pt` (model incl. BatchNorm statistics, Adam state, schedule, step, epoch,
-position within the epoch in global samples, RNG states) is written atomically (tmp +
+position within the epoch in global samples, RNG states, the weight average of
+`--ema-decay`) is written atomically (tmp +
 os.replace) every --checkpoint-minutes, on SIGTERM / SIGINT (e.g. SLURM's pre-emption signal),
 at --max-minutes / --max-steps and at the end. `--resume` continues from it; a run killed at
 any moment and resumed repeats the steps since the last checkpoint and ends with the same
