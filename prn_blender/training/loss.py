@@ -30,14 +30,39 @@ def weighted_position_loss(
     return (squared * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
-def weighted_loss_from_normalized(
-    pred_normalized: torch.Tensor, target_px: torch.Tensor, weights: torch.Tensor
+def weighted_gradient_loss(
+    pred_px: torch.Tensor, target_px: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """`weighted_position_loss` on the network's sigmoid output (`PRNet.forward_normalized`):
-    the scaling to pixels happens here in float32, so a bf16 autocast forward does not round
-    positions to bf16's ~1 px steps at 300 px."""
-    return weighted_position_loss(normalized_to_pixels(pred_normalized.float()), target_px,
-                                  weights)
+    """Not in the paper: the weighted squared error of the maps' finite differences between
+    neighbouring texels (along u and along v, summed), each pair weighted by the smaller of
+    its two texel weights. Blind to a constant offset, it sees what eq. 1 barely does:
+    texel-scale ripples (the transposed convolutions' checkerboard), which cost almost nothing
+    in position error but show as ridges in the mesh's shading. Same units and arguments as
+    `weighted_position_loss`."""
+    pred = pred_px.float() / LOSS_SCALE_PX
+    target = target_px.float() / LOSS_SCALE_PX
+    total = pred.new_zeros(())
+    for dim in (2, 3):  # v (rows), u (columns)
+        n = pred.shape[dim]
+        diff = (pred.diff(dim=dim) - target.diff(dim=dim)).pow(2).sum(dim=1)
+        w = torch.minimum(weights.narrow(dim - 1, 0, n - 1), weights.narrow(dim - 1, 1, n - 1))
+        total = total + (diff * w).sum() / w.sum().clamp_min(1e-6)
+    return total
+
+
+def weighted_loss_from_normalized(
+    pred_normalized: torch.Tensor, target_px: torch.Tensor, weights: torch.Tensor,
+    gradient_weight: float = 0.0,
+) -> torch.Tensor:
+    """`weighted_position_loss` (plus `gradient_weight` x `weighted_gradient_loss`) on the
+    network's sigmoid output (`PRNet.forward_normalized`): the scaling to pixels happens here
+    in float32, so a bf16 autocast forward does not round positions to bf16's ~1 px steps at
+    300 px."""
+    pred_px = normalized_to_pixels(pred_normalized.float())
+    loss = weighted_position_loss(pred_px, target_px, weights)
+    if gradient_weight:
+        loss = loss + gradient_weight * weighted_gradient_loss(pred_px, target_px, weights)
+    return loss
 
 
 def sample_landmarks(

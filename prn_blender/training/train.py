@@ -93,6 +93,9 @@ class TrainConfig:
     weights; targets are block-averaged, see dataset.downsample_sample."""
     sync_bn: bool = False
     dist_timeout_s: float = DEFAULT_TIMEOUT_S
+    gradient_loss_weight: float = 0.0
+    """Weight of `loss.weighted_gradient_loss` added to the paper's loss (0 = the paper): it
+    penalises texel-scale ripples that eq. 1 hardly sees but that show in the mesh shading."""
     ema_decay: float = 0.999
     """Per-step decay of an exponential moving average of the weights and BatchNorm
     statistics (torch.optim.swa_utils.AveragedModel), kept in the checkpoint, evaluated and
@@ -372,7 +375,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                     image = image.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     pred = train_model(image)
-                loss = weighted_loss_from_normalized(pred, target, weights)
+                loss = weighted_loss_from_normalized(pred, target, weights,
+                                                     config.gradient_loss_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -493,6 +497,8 @@ def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: s
         f"{config.get('lr', '?')} halved every {config.get('halve_every_epochs', '?')} epochs"
         + (f", weight average (decay {config.get('ema_decay')})"
            if ema and "ema" in state else "")
+        + (f", gradient loss x {config['gradient_loss_weight']}"
+           if float(config.get("gradient_loss_weight", 0) or 0) else "")
     )
     resolution = layout.resolution
     size = input_size or checkpoint_input_size(state, resolution)
@@ -533,6 +539,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA only)")
     a("--dist-timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
       help="collective timeout: a dead rank fails the job after at most this long")
+    a("--gradient-loss-weight", type=float, default=0.0,
+      help="add this x the finite-difference loss (against texel ripples; 0 = the paper)")
     a("--ema-decay", type=float, default=0.999,
       help="per-step decay of the weight average that eval and export use (0 = off)")
     a("--width", type=int, default=16, help=argparse.SUPPRESS)  # tests only
@@ -549,4 +557,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_from=args.init_from, augment=not args.no_augment, layout=args.layout,
         width=args.width, resolution=args.resolution, sync_bn=args.sync_bn,
         dist_timeout_s=args.dist_timeout_s, ema_decay=args.ema_decay,
+        gradient_loss_weight=args.gradient_loss_weight,
     )

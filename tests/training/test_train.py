@@ -79,6 +79,35 @@ def test_loss_is_weighted_mean_squared_error_over_256_px():
     assert float(weighted_position_loss(pred, target, weights)) == pytest.approx(1e-4, rel=1e-4)
 
 
+def test_gradient_loss_sees_ripples_not_offsets():
+    from prn_blender.training.loss import weighted_gradient_loss
+
+    target = torch.rand(2, 3, 8, 8) * 200
+    weights = torch.full((2, 8, 8), 3.0)
+    shifted = target + 5.0  # a constant offset: no gradient error
+    assert float(weighted_gradient_loss(shifted, target, weights)) == pytest.approx(0, abs=1e-9)
+    _, cols = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    ripple = target.clone()
+    ripple[:, 2] += 1.28 * (-1.0) ** cols  # +-1.28 px along u: neighbours differ by 2.56 px
+    # u pairs: (2.56 / 256)^2 = 1e-4 each; v pairs: none.
+    assert float(weighted_gradient_loss(ripple, target, weights)) == pytest.approx(1e-4,
+                                                                                   rel=1e-4)
+    assert float(weighted_position_loss(ripple, target, weights)) == pytest.approx(2.5e-5,
+                                                                                   rel=1e-4)
+    # A pair with one zero-weight texel does not count, whatever its values.
+    weights[:, :, 0] = 0
+    ripple[:, :, :, 0] += 1000
+    assert float(weighted_gradient_loss(ripple, target, weights)) == pytest.approx(1e-4,
+                                                                                   rel=1e-4)
+
+
+def test_gradient_loss_weight_adds_to_the_logged_loss(data, tmp_path):
+    train(_config(data, tmp_path / "paper", max_steps=1))
+    train(_config(data, tmp_path / "grad", max_steps=1, gradient_loss_weight=50.0))
+    paper, grad = (float(_log(tmp_path / name)[0]["loss"]) for name in ("paper", "grad"))
+    assert grad > paper * 1.01  # same initial weights and batch: only the extra term differs
+
+
 def test_batch_landmark_nme_is_shift_over_sqrt_box_area():
     r = 32
     ys, xs = torch.meshgrid(torch.arange(r, dtype=torch.float32),
