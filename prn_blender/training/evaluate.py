@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..core.crop import crop_from_box, uncrop_points, warp_photo_to_crop
-from ..core.geometry import landmarks_from_position_map
+from ..core.geometry import landmarks_from_position_map, surface_roughness
 from ..core.layout import UVLayout, load_layout
 from ..net.prnet import predict_at
 from . import metrics
@@ -61,15 +61,18 @@ class NetworkLandmarks:
     """Runs a PRNet on (image, tight box) pairs and reads the calibrated 68 (photo px).
 
     `input_size` < the crop side runs the (fully convolutional) network on area-downsampled
-    crops and upsamples its position maps bilinearly: how a coarse training stage scores."""
+    crops and upsamples its position maps bilinearly: how a coarse training stage scores.
+    `roughness` holds, after a call, each face's `surface_roughness` (crop px, raw map)."""
 
     def __init__(self, model: torch.nn.Module, layout: UVLayout, device: torch.device,
                  batch: int = 16, input_size: int | None = None) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
         self.input_size = input_size
+        self.roughness: list[float] = []
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
         out = []
+        self.roughness = []
         was_training = self.model.training
         self.model.eval()
         for start in range(0, len(images), self.batch):
@@ -83,6 +86,7 @@ class NetworkLandmarks:
                 maps = predict_at(self.model, x, self.input_size).float()
                 maps = maps.permute(0, 2, 3, 1).cpu().numpy()
             for pm, tf in zip(maps, transforms, strict=True):
+                self.roughness.append(surface_roughness(pm, self.layout.face_mask))
                 lm = landmarks_from_position_map(pm, self.layout)
                 out.append(uncrop_points(lm, tf))
         self.model.train(was_training)
@@ -218,6 +222,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         curves = {who: face_nme(records, p, set_name) for who, p in report[set_name].items()}
         report[set_name] = {who: score(records, p, set_name)
                             for who, p in report[set_name].items()}
+        report[set_name]["ours"]["roughness_px"] = float(np.mean(run.roughness))
         report[set_name]["MediaPipe teacher"]["detected"] = float(mpf["detected"][mp_rows].mean())
         args.out.mkdir(parents=True, exist_ok=True)
         metrics.write_ced_png(args.out / f"ced_{set_name}.png",

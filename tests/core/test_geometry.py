@@ -312,3 +312,22 @@ def test_displacement_moves_the_controls_and_fades_away_from_them():
                                atol=1e-4)
     np.testing.assert_array_equal(displace_position_map(pm, np.zeros((0, 2)),
                                                         np.zeros((0, 2)), 4.0), pm)
+
+
+def test_surface_roughness_is_zero_on_planes_and_sees_a_checkerboard():
+    from prn_blender.core.geometry import surface_roughness
+
+    r = 32
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float64)
+    plane = np.stack([2 * cols + 5, 3 * rows - 1, cols + rows], axis=-1)
+    mask = np.ones((r, r), bool)
+    assert surface_roughness(plane, mask) == pytest.approx(0.0, abs=1e-9)
+    rough = plane.copy()
+    rough[..., 2] += 0.5 * (-1.0) ** (rows + cols)  # +-0.5 px in depth
+    # |d2| = 4 x 0.5 in z along both u and v, 0 in x and y: mean over 3 channels = 2 / 3.
+    assert surface_roughness(rough, mask) == pytest.approx(2.0 / 3.0)
+    # Texels outside the mask (or NaN) never enter.
+    rough[:, :16] = np.nan
+    mask[:, 16:18] = False
+    rough[:, 16:18] = 1e6
+    assert surface_roughness(rough, mask) == pytest.approx(2.0 / 3.0)
