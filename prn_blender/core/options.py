@@ -49,8 +49,10 @@ class ReconstructOptions:
     refine: bool = True
     """Second pass: re-crop from the network's own 68 landmarks (the crop it was trained on)."""
     smoothing: float = SMOOTHING_TEXELS
-    """Gaussian smoothing of the predicted surface (mesh, texture lookup, pose), sigma in UV
-    texels (0 = the network's raw output). Landmarks are read from the raw output."""
+    """Gaussian smoothing of the predicted surface (mesh, texture lookup, pose), sigma in
+    texels of the network's output (0 = the raw output): UV texels for weights that run at
+    the layout's 256 px, twice that for weights that run at 128 px (`WeightsInfo.input_size`),
+    whose ripples are twice as wide. Landmarks are read from the raw output."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "smoothing", float(self.smoothing))

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--no-refine", action="store_true",
                      help="skip the second pass that re-crops from the predicted landmarks")
     rec.add_argument("--smoothing", type=float, default=SMOOTHING_TEXELS, metavar="TEXELS",
-                     help="Gaussian smoothing of the surface, sigma in UV texels "
+                     help="Gaussian smoothing of the surface, sigma in network output texels "
                           f"(default {SMOOTHING_TEXELS:g}; 0 = the network's raw output)")
     model_args(rec)
 

@@ -82,6 +82,9 @@ class Reconstructor:
         )
         self.device: torch.device = next(self.model.parameters()).device
         self._uvs = mesh_uvs(self.layout)
+        # Layout texels per network output texel: 2 for weights that run at 128 px.
+        input_size = self.weights_info.input_size or self.layout.resolution
+        self._texels_per_output = self.layout.resolution / input_size
         if not self.trained:
             warnings.warn(
                 f"UNTRAINED WEIGHTS: '{self.weights_path.name}' holds an untrained network; "
@@ -211,8 +214,8 @@ class Reconstructor:
                 options: ReconstructOptions) -> FaceResult:
         layout = self.layout
         raw = pm
-        if options.smoothing > 0:
-            pm = smooth_face_map(pm, layout, options.smoothing)
+        if options.smoothing > 0:  # sigma in network output texels (ReconstructOptions)
+            pm = smooth_face_map(pm, layout, options.smoothing * self._texels_per_output)
         vertices = position_map_to_vertices(pm, layout)
         texture = sample_texture(photo, pm, layout, options.texture_size)
         mask = (visibility_mask(pm, layout, photo.shape, options.texture_size)

@@ -4,6 +4,7 @@ network (geometry is meaningless, shapes and frames are not), errors and cancell
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,29 @@ def test_smoothing_smooths_the_mesh_and_leaves_the_landmarks(reconstructor, astr
     np.testing.assert_array_equal(smooth.landmarks, raw.landmarks)
     with pytest.raises(ValueError, match="smoothing"):
         ReconstructOptions(smoothing=-1.0)
+
+
+def test_smoothing_is_in_network_output_texels(untrained_weights, tmp_path, astronaut,
+                                               monkeypatch) -> None:
+    """Weights that run at 128 px give maps whose ripples are 2 layout texels wide: the same
+    option smooths them with twice the sigma in layout texels."""
+    import prn_blender.inference.reconstructor as module
+    from prn_blender.net.prnet import PRNet
+    from prn_blender.net.weights import load_weights, save_weights
+
+    state, info = load_weights(untrained_weights)
+    model = PRNet()
+    model.load_state_dict(state)
+    coarse = tmp_path / "coarse.safetensors"
+    save_weights(model, coarse, replace(info, input_size=128))
+    sigmas = []
+    real = module.smooth_face_map
+    monkeypatch.setattr(module, "smooth_face_map",
+                        lambda pm, layout, sigma: sigmas.append(sigma) or real(pm, layout, sigma))
+    options = ReconstructOptions(texture_size=64, refine=False, smoothing=1.5)
+    for path in (untrained_weights, coarse):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module.Reconstructor(path, device="cpu").reconstruct(
+                astronaut, [ASTRONAUT_FACE_BOX], options)
+    assert sigmas == [1.5, 3.0]
