@@ -124,7 +124,6 @@ def smooth_position_map(
     return out
 
 
-
 def displace_position_map(
     position_map: np.ndarray, control_texels: np.ndarray, offsets: np.ndarray,
     sigma_texels: float, ridge: float = 0.05,
@@ -148,17 +147,14 @@ def displace_position_map(
     inv = -0.5 / sigma_texels**2
     gram = np.exp(inv * ((controls[:, None] - controls[None]) ** 2).sum(-1))
     weights = np.linalg.solve(gram + ridge * np.eye(len(controls)), offsets)
-    r = pm.shape[0]
-    finite = np.isfinite(pm).all(axis=-1)
-    rows, cols = np.nonzero(finite)
+    rows, cols = np.nonzero(np.isfinite(pm).all(axis=-1))
     texels = np.stack([cols, rows], axis=1).astype(np.float64)
     squared = ((texels**2).sum(1)[:, None] + (controls**2).sum(1)[None]
                - 2.0 * texels @ controls.T)
     basis = np.exp(inv * np.maximum(squared, 0.0))
-    d = offsets.shape[1]
-    flat = pm.reshape(r * r, -1)
-    flat[rows * r + cols, :d] += (basis @ weights).astype(np.float32)
-    return flat.reshape(pm.shape)
+    pm[rows, cols, : offsets.shape[1]] += (basis @ weights).astype(np.float32)
+    return pm
+
 
 def surface_roughness(position_map: np.ndarray, mask: np.ndarray) -> float:
     """Mean |second difference| between neighbouring texels (along u and along v, over x, y

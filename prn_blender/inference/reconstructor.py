@@ -82,9 +82,6 @@ class Reconstructor:
         )
         self.device: torch.device = next(self.model.parameters()).device
         self._uvs = mesh_uvs(self.layout)
-        # Layout texels per network output texel: 2 for weights that run at 128 px.
-        input_size = self.weights_info.input_size or self.layout.resolution
-        self._texels_per_output = self.layout.resolution / input_size
         if not self.trained:
             warnings.warn(
                 f"UNTRAINED WEIGHTS: '{self.weights_path.name}' holds an untrained network; "
@@ -92,6 +89,11 @@ class Reconstructor:
                 "only; train real weights with `python -m prn_blender.training train`.",
                 UntrainedWeightsWarning, stacklevel=2,
             )
+
+    @property
+    def _texels_per_output(self) -> float:
+        """Layout texels per network output texel: 2 for weights that run at 128 px."""
+        return self.layout.resolution / (self.weights_info.input_size or self.layout.resolution)
 
     @property
     def trained(self) -> bool:

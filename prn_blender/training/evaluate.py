@@ -179,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluation(args: argparse.Namespace) -> int:
     from ..net.prnet import PRNet
     from ..net.weights import load_weights
-    from .train import checkpoint_input_size, checkpoint_weights
+    from .train import checkpoint_input_size, checkpoint_weights, load_checkpoint
 
     if args.fit_point_maps or not MAPPING_FILE.is_file():
         maps = fit_point_maps(args.teachers)
@@ -188,7 +188,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     layout = load_layout()
     model = PRNet()
     if args.checkpoint is not None:
-        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(args.checkpoint)
         model.load_state_dict(checkpoint_weights(checkpoint, ema=not args.raw))
         print("checkpoint's " + ("weight average" if "ema" in checkpoint and not args.raw
                                  else "raw training weights"))
