@@ -156,13 +156,15 @@ class Reconstructor:
             return []
         report(0.3, f"Reconstructing {len(tight)} face{'s' if len(tight) > 1 else ''}")
         r = self.layout.resolution
-        maps = self._predict(photo, [crop_from_box(box, LANDMARK_BOX, r) for box in tight])
+        mirror = options.mirror_average and self.layout.is_mirror_symmetric
+        maps = self._predict(photo, [crop_from_box(box, LANDMARK_BOX, r) for box in tight],
+                             mirror)
         if options.refine:
             report(0.5, "Refining the crop from the face's landmarks")
             refined = [self._refined_crop(pm, box) for pm, box in zip(maps, tight, strict=True)]
             redo = [i for i, crop in enumerate(refined) if crop is not None]
             if redo:
-                again = self._predict(photo, [refined[i][1] for i in redo])
+                again = self._predict(photo, [refined[i][1] for i in redo], mirror)
                 for i, pm in zip(redo, again, strict=True):
                     maps[i], tight[i] = pm, refined[i][0]
         results = []
@@ -173,20 +175,22 @@ class Reconstructor:
         return results
 
     # ------------------------------------------------------------------ internals
-    def _forward(self, crops: np.ndarray) -> np.ndarray:
-        """(N, R, R, 3) uint8 RGB crops -> (N, R, R, 3) float32 position maps, crop px."""
+    def _forward(self, crops: np.ndarray, mirror_average: bool = False) -> np.ndarray:
+        """(N, R, R, 3) uint8 RGB crops -> (N, R, R, 3) float32 position maps, crop px;
+        `mirror_average`: see ReconstructOptions."""
         x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            y = predict_at(self.model, x, self.weights_info.input_size or None)
+            y = predict_at(self.model, x, self.weights_info.input_size or None, mirror_average)
         return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
-    def _predict(self, photo: np.ndarray, transforms: list[CropTransform]) -> list[np.ndarray]:
+    def _predict(self, photo: np.ndarray, transforms: list[CropTransform],
+                 mirror_average: bool = False) -> list[np.ndarray]:
         """Position maps in photo pixels, one per crop."""
         # Reflected borders, as in training: crops never show black edges.
         crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in transforms])
-        maps = self._forward(crops)
+        maps = self._forward(crops, mirror_average)
         return [uncrop_position_map(pm, t) for pm, t in zip(maps, transforms, strict=True)]
 
     def _refined_crop(self, position_map: np.ndarray, box: np.ndarray

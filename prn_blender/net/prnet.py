@@ -233,19 +233,37 @@ def build_prnet(
     return model
 
 
-def predict_at(model: nn.Module, image: torch.Tensor, input_size: int | None = None
-               ) -> torch.Tensor:
+def unmirror_position_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Position maps predicted for left-right mirrored crops, returned to the unmirrored
+    crop: (N, 3, R, R) crop px -> same. Valid for a mirror-symmetric UV layout (texel column
+    c and R-1-c are mirror points of the face, `core.layout.is_mirror_symmetric`): the map's
+    columns swap and x (pixel centres at integers) becomes R - 1 - x."""
+    side = maps.shape[-1]
+    out = maps.flip(-1)
+    return torch.cat([(side - 1) - out[:, :1], out[:, 1:]], dim=1)
+
+
+def predict_at(model: nn.Module, image: torch.Tensor, input_size: int | None = None,
+               mirror_average: bool = False) -> torch.Tensor:
     """`model(image)` for (N, 3, R, R) crops in [0, 1] -> (N, 3, R, R) crop pixels; with
     `input_size` < R (a network trained at a coarser size) the crops are area-averaged down
     to input_size first and the maps upsampled back bilinearly, which is also how training
-    scores a coarse stage. Positions keep meaning R-crop pixels at any input size."""
+    scores a coarse stage. Positions keep meaning R-crop pixels at any input size.
+
+    `mirror_average` also runs the left-right mirrored crops (one batch of 2N) and averages
+    the two maps (test-time augmentation; needs a mirror-symmetric layout)."""
     side = image.shape[-1]
     if input_size and input_size != side:
         image = F.interpolate(image, size=(input_size, input_size), mode="area")
+    if mirror_average:
+        image = torch.cat([image, image.flip(-1)])
     maps = model(image)
     if maps.shape[-1] != side:
         maps = F.interpolate(maps.float(), size=(side, side), mode="bilinear",
                              align_corners=False)
+    if mirror_average:
+        n = maps.shape[0] // 2
+        maps = 0.5 * (maps[:n] + unmirror_position_maps(maps[n:]))
     return maps
 
 
@@ -259,4 +277,5 @@ __all__ = [
     "pixels_to_normalized",
     "predict_at",
     "trainable_parameter_count",
+    "unmirror_position_maps",
 ]

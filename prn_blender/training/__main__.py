@@ -52,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_eval:
         from .evaluate import make_training_evaluator
 
-        evaluate_fn = make_training_evaluator(coarse_size=args.resolution)
+        evaluate_fn = make_training_evaluator(input_size=args.resolution)
     train(config_from_args(args), evaluate_fn)
     return 0
 

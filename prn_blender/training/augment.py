@@ -45,6 +45,9 @@ class AugmentSettings:
     occlusion_probability: float = 0.3
     blur_probability: float = 0.3
     """Half Gaussian blur, half down-up-sampling to 1/4-1/2 of the crop side."""
+    mirror_probability: float = 0.0
+    """Left-right mirroring (not in the paper's list, so off by default). Needs a
+    mirror-symmetric layout (`core.layout.is_mirror_symmetric`)."""
     enabled: bool = True
 
 
@@ -70,6 +73,8 @@ class TrainingSample:
     or was clamped."""
     transform: CropTransform
     """crop_from_storage similarity actually used (augmentation included)."""
+    mirrored: bool = False
+    """The crop was then mirrored left-right: crop x = R - 1 - (transform's x)."""
 
 
 def sample_crop_transform(
@@ -107,6 +112,12 @@ def make_sample(
     target = np.empty_like(source)
     target[..., :2] = source[..., :2] @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)
     target[..., 2] = source[..., 2] * np.float32(transform.scale)
+    mirrored = settings.enabled and settings.mirror_probability > 0 and \
+        rng.random() < settings.mirror_probability
+    if mirrored:  # texel column c and R-1-c are mirror points of the face
+        crop = np.ascontiguousarray(crop[:, ::-1])
+        target = np.ascontiguousarray(target[:, ::-1])
+        target[..., 0] = (resolution - 1) - target[..., 0]
     valid = face_mask & np.isfinite(target).all(axis=-1)
     if valid.any():
         target[..., 2] -= target[..., 2][valid].min()
@@ -114,7 +125,7 @@ def make_sample(
         in_range = ((target >= POSITION_MIN_PX) & (target <= POSITION_MAX_PX)).all(axis=-1)
     weights = np.where(valid & in_range, weight_mask, 0.0).astype(np.float32)
     target = np.clip(np.nan_to_num(target, nan=0.0), POSITION_MIN_PX, POSITION_MAX_PX)
-    return TrainingSample(crop, target.astype(np.float32), weights, transform)
+    return TrainingSample(crop, target.astype(np.float32), weights, transform, mirrored)
 
 
 def remove_black_canvas(image_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

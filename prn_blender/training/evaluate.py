@@ -65,9 +65,10 @@ class NetworkLandmarks:
     `roughness` holds, after a call, each face's `surface_roughness` (crop px, raw map)."""
 
     def __init__(self, model: torch.nn.Module, layout: UVLayout, device: torch.device,
-                 batch: int = 16, input_size: int | None = None) -> None:
+                 batch: int = 16, input_size: int | None = None,
+                 mirror_average: bool = False) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
-        self.input_size = input_size
+        self.input_size, self.mirror_average = input_size, mirror_average
         self.roughness: list[float] = []
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
@@ -83,7 +84,7 @@ class NetworkLandmarks:
             x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                maps = predict_at(self.model, x, self.input_size).float()
+                maps = predict_at(self.model, x, self.input_size, self.mirror_average).float()
                 maps = maps.permute(0, 2, 3, 1).cpu().numpy()
             for pm, tf in zip(maps, transforms, strict=True):
                 self.roughness.append(surface_roughness(pm, self.layout.face_mask))
@@ -139,13 +140,14 @@ def score(records: list, preds68: np.ndarray, set_name: str) -> dict[str, float]
     return out
 
 
-def make_training_evaluator(limit: int | None = 100, coarse_size: int | None = None
+def make_training_evaluator(limit: int | None = 100, input_size: int | None = None
                             ) -> Callable[[torch.nn.Module], dict]:
-    """A quick dev NME for the training loop (`limit` faces spread over each dev set), at the
-    full input size and, for a coarse stage, also at `coarse_size` ("..._nme@128")."""
+    """A quick dev NME for the training loop (`limit` faces spread over each dev set) at the
+    input size being trained (keys "..._nme@128" when that is not the layout's full size: a
+    coarse stage's weights are only meaningful at the size they are trained at)."""
     layout = load_layout()
     data = dev_data(limit)
-    sizes = [None] + ([coarse_size] if coarse_size and coarse_size != layout.resolution else [])
+    sizes = [input_size if input_size and input_size != layout.resolution else None]
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -172,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=None,
                         help="network input side in px (default: what the weights say, or "
                              "the checkpoint's last training resolution)")
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="average each crop's map with its mirrored crop's (as the "
+                             "product does by default)")
     parser.add_argument("--fit-point-maps", action="store_true",
                         help="refit model_weights/eval_point_maps.json from training faces")
 
@@ -199,9 +204,11 @@ def run_evaluation(args: argparse.Namespace) -> int:
         input_size = info.input_size or layout.resolution
     if args.input_size:
         input_size = args.input_size
-    print(f"network input {input_size} x {input_size} px")
+    print(f"network input {input_size} x {input_size} px"
+          + (", mirror-averaged" if args.mirror_average else ""))
     model = model.to(memory_format=torch.channels_last).eval()
-    run = NetworkLandmarks(model, layout, torch.device("cpu"), input_size=input_size)
+    run = NetworkLandmarks(model, layout, torch.device("cpu"), input_size=input_size,
+                           mirror_average=args.mirror_average)
     teacher = np.load(args.teachers / "tddfa68.npz", allow_pickle=False)
     data = dev_data()
     report: dict[str, dict[str, dict[str, float]]] = {}

@@ -83,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     init_from: Path | None = None
     augment: bool = True
+    mirror_probability: float = 0.0
     layout: Path | None = None
     """UV layout .npz; None = the shipped one. Tests pass a small synthetic layout."""
     width: int = 16
@@ -205,12 +206,29 @@ def _truncate_csv(path: Path, last_step: int, header: list[str] | None = None) -
 
 
 def _append_csv(path: Path, header: list[str], row: list) -> None:
+    """Append `row` (values for `header`). A file written with other columns (a resumed run
+    whose evaluation changed) is first rewritten with the union of both, blank where absent."""
+    values = dict(zip(header, row, strict=True))
+    columns = header
+    if path.is_file():
+        with open(path, newline="") as fh:
+            columns = next(csv.reader(fh), []) or header
+        if not set(header) <= set(columns):
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            columns = columns + [c for c in header if c not in columns]
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+            tmp.replace(path)
     new = not path.is_file()
     with open(path, "a", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.DictWriter(fh, columns, restval="")
         if new:
-            writer.writerow(header)
-        writer.writerow(row)
+            writer.writeheader()
+        writer.writerow(values)
 
 
 LOG_HEADER = ["step", "epoch", "lr", "loss", "nme_pct", "images_per_s", "wall_s"]
@@ -254,9 +272,15 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     layout = load_layout(config.layout)
+    if not 0.0 <= config.mirror_probability <= 1.0:
+        raise ValueError(f"--mirror-probability must be in [0, 1], got "
+                         f"{config.mirror_probability}")
+    if config.mirror_probability > 0 and not layout.is_mirror_symmetric:
+        raise ValueError(f"--mirror-probability needs a mirror-symmetric layout; "
+                         f"'{layout.layout_id}' is off by {layout.mirror_error_cm:.3g} cm")
+    augment = AugmentSettings(mirror_probability=config.mirror_probability)
     dataset = ShardSamples(config.shards, layout, config.seed,
-                           AugmentSettings() if config.augment else NO_AUGMENTATION,
-                           config.resolution)
+                           augment if config.augment else NO_AUGMENTATION, config.resolution)
     ckpt_path = config.out / CHECKPOINT_NAME
     state = None
     if ckpt_path.is_file():
@@ -535,6 +559,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     a("--init-from", type=Path, default=None, help="start from a .pt checkpoint or .safetensors")
     a("--no-augment", action="store_true")
+    a("--mirror-probability", type=float, default=0.0,
+      help="mirror this fraction of samples left-right (not in the paper; 0 = off)")
     a("--layout", type=Path, default=None, help="UV layout .npz (default: the shipped one)")
     a("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (CUDA only)")
     a("--dist-timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
@@ -558,4 +584,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         width=args.width, resolution=args.resolution, sync_bn=args.sync_bn,
         dist_timeout_s=args.dist_timeout_s, ema_decay=args.ema_decay,
         gradient_loss_weight=args.gradient_loss_weight,
+        mirror_probability=args.mirror_probability,
     )

@@ -77,6 +77,21 @@ def test_dev_faces_nme_is_close_to_the_model_card(shipped) -> None:
         assert figures["all"] < MAX_DEV_NME[set_name], (set_name, figures)
 
 
+@needs_shared
+def test_mirror_averaging_lowers_dev_nme(shipped) -> None:
+    """The product's default mirror averaging (a mirrored crop through the network, its map
+    unmirrored and averaged) scores better than one pass on the same dev faces: a wrong
+    unmirroring (x off by a pixel, columns not swapped) would score far worse."""
+    from prn_blender.training.evaluate import NetworkLandmarks, dev_data, score
+
+    for set_name, (records, images, boxes) in dev_data(limit=60).items():
+        figures = [score(records, NetworkLandmarks(
+            shipped.model, shipped.layout, shipped.device, input_size=shipped.info.input_size
+            or None, mirror_average=mirror)(images, boxes), set_name)["all"]
+            for mirror in (False, True)]
+        assert figures[1] < figures[0], (set_name, figures)
+
+
 MAX_FIVE_POINT_ERROR = 0.15
 """Fraction of YuNet's interocular distance. The first shipped weights (session 3): 0.02 /
 0.05 / 0.03 / 0.09 / 0.02 (eyes, nose tip, mouth corners)."""

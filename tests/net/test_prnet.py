@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,9 @@ from prn_blender.net.prnet import (
     build_prnet,
     normalized_to_pixels,
     pixels_to_normalized,
+    predict_at,
     trainable_parameter_count,
+    unmirror_position_maps,
 )
 
 torch.set_num_threads(2)
@@ -148,3 +151,32 @@ def test_transposed_conv_equals_gradient_of_same_conv(stride: int, size: int) ->
     upstream = torch.randn_like(out)
     (grad,) = torch.autograd.grad((out * upstream).sum(), z)
     torch.testing.assert_close(deconv(upstream), grad, atol=1e-5, rtol=0)
+
+
+def test_unmirror_turns_the_mirrored_face_map_into_the_face_map() -> None:
+    """The ICT neutral at yaw 25, roll 10 (x = 110 in a 256 px crop) and at yaw -25, roll -10
+    (x = 255 - 110, the left-right mirrored crop): unmirroring the second map gives the first
+    (pixel centres at integers, so x -> 255 - x; the layout's columns are mirror pairs)."""
+    from prn_blender.core.layout import load_layout
+    from tests.core.conftest import pose_ict_neutral
+
+    layout = load_layout()
+    face = layout.face_mask
+    a = pose_ict_neutral(layout, 25.0, 5.0, 10.0, 8.0, (110.0, 128.0, 100.0)).position_map
+    b = pose_ict_neutral(layout, -25.0, 5.0, -10.0, 8.0, (145.0, 128.0, 100.0)).position_map
+    mirrored = torch.from_numpy(np.nan_to_num(b)).permute(2, 0, 1)[None]
+    back = unmirror_position_maps(mirrored)[0].permute(1, 2, 0).numpy()
+    error = np.linalg.norm(back - np.nan_to_num(a), axis=-1)[face]
+    assert np.median(error) < 1e-3 and error.max() < 0.6  # px; layout asymmetry <= 0.07 cm
+
+
+def test_mirror_averaged_prediction_is_mirror_equivariant(model: PRNet) -> None:
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 256, 256)
+    with torch.inference_mode():
+        direct = predict_at(model, x, 128, mirror_average=True)
+        via_mirror = unmirror_position_maps(predict_at(model, x.flip(-1), 128,
+                                                       mirror_average=True))
+        plain = predict_at(model, x, 128)
+    torch.testing.assert_close(direct, via_mirror, atol=1e-3, rtol=0)
+    assert (direct - plain).abs().mean() > 1e-3  # an untrained network is not symmetric
