@@ -9,6 +9,7 @@ astronaut_frontal.jpg, a NASA public-domain image)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -36,12 +37,13 @@ def _face_window(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, in
     return x0, y0, side
 
 
-def _turned(face: FaceResult, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _turned(face: FaceResult, side: int, turn_deg: float
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vertices in a side x side panel, rasterised triangle image, barycentrics): the mesh
-    turned TURN_DEG about its own vertical axis (photo frame: x right, y down, z to camera)."""
+    turned `turn_deg` about its own vertical axis (photo frame: x right, y down, z to camera)."""
     v = face.vertices.astype(np.float64)
     centre = np.nanmean(v, axis=0)
-    rotated = (v - centre) @ rotation_from_angles(TURN_DEG, 0.0, 0.0).T
+    rotated = (v - centre) @ rotation_from_angles(turn_deg, 0.0, 0.0).T
     extent = np.nanmax(np.abs(rotated[:, :2])) * 2.2
     panel = rotated * (side / extent)
     panel[:, :2] += side / 2
@@ -49,7 +51,7 @@ def _turned(face: FaceResult, side: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return panel, raster.triangle, raster.barycentric
 
 
-def figure(face: FaceResult, photo: np.ndarray) -> np.ndarray:
+def figure(face: FaceResult, photo: np.ndarray, turn_deg: float = TURN_DEG) -> np.ndarray:
     x0, y0, side = _face_window(face.landmarks, photo.shape)
 
     def crop(image: np.ndarray) -> np.ndarray:
@@ -60,7 +62,7 @@ def figure(face: FaceResult, photo: np.ndarray) -> np.ndarray:
               crop(draw_landmarks(photo, face.landmarks, radius_px=max(1, side // 120)))]
     # The turned mesh, textured from the UV texture and shaded.
     size = PANEL_PX * 2  # rendered at 2x, then area-downsampled: smooth edges
-    vertices, triangle_img, bary = _turned(face, size)
+    vertices, triangle_img, bary = _turned(face, size, turn_deg)
     mask = triangle_img >= 0
     corners = face.triangles[triangle_img[mask]]
     uv = (face.uvs[corners] * bary[mask][:, :, None]).sum(axis=1)
@@ -89,14 +91,19 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--smoothing", type=float, default=None,
                         help="surface smoothing in texels (default: ReconstructOptions')")
+    parser.add_argument("--turn", type=float, default=TURN_DEG,
+                        help=f"degrees to turn the mesh views (default {TURN_DEG:g})")
+    parser.add_argument("--no-mirror-fill", action="store_true",
+                        help="leave the unseen side's texture smeared (to compare)")
     args = parser.parse_args()
     photo = load_photo(args.photo)
     reconstructor = Reconstructor(args.weights, device="cpu")
-    options = ReconstructOptions() if args.smoothing is None else ReconstructOptions(
-        smoothing=args.smoothing)
+    options = ReconstructOptions(mirror_fill=not args.no_mirror_fill)
+    if args.smoothing is not None:
+        options = replace(options, smoothing=args.smoothing)
     (face,) = reconstructor.reconstruct(photo, options=options)[:1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), cv2.cvtColor(figure(face, photo), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(args.out), cv2.cvtColor(figure(face, photo, args.turn), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out} (yaw {face.pose.yaw_deg:.1f}, pitch {face.pose.pitch_deg:.1f}, "
           f"roll {face.pose.roll_deg:.1f} deg)")
     return 0

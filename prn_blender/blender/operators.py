@@ -274,9 +274,14 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
         items=FACE_ITEMS, default=FaceSelection.LARGEST.value)
     occlusion_mask: BoolProperty(
         name="Occlusion Mask",
-        description="Black out texture areas the camera could not see (instead of smearing "
-                    "the photo), and add the visibility mask as an image node",
+        description="Black out texture areas the camera could not see (with Mirror Fill: "
+                    "nor their mirror image), and add that mask as an image node",
         default=False)
+    mirror_fill: BoolProperty(
+        name="Mirror Fill",
+        description="Texture the side of the face the photo does not show (a turned head's "
+                    "far cheek) from its mirror image, instead of smearing the photo across it",
+        default=True)
     landmarks: BoolProperty(
         name="Landmark Empties",
         description="Add 68 empties named by landmark (jaw, brows, nose, eyes, mouth), "
@@ -302,8 +307,8 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.use_property_split = True
-        for name in ("texture_size", "faces", "occlusion_mask", "landmarks", "pose",
-                     "add_camera", "mesh_resolution", "smoothing"):
+        for name in ("texture_size", "faces", "mirror_fill", "occlusion_mask", "landmarks",
+                     "pose", "add_camera", "mesh_resolution", "smoothing"):
             layout.prop(self, name)
 
     def reconstruct_options(self, context: bpy.types.Context) -> ReconstructOptions:
@@ -313,6 +318,7 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
             texture_size = prefs.texture_size
         return ReconstructOptions(faces=FaceSelection(self.faces), texture_size=texture_size,
                                   occlusion_mask=self.occlusion_mask,
+                                  mirror_fill=self.mirror_fill,
                                   smoothing=float(self.smoothing))
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:

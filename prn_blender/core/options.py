@@ -41,7 +41,12 @@ class ReconstructOptions:
     texture_size: int = 1024
     """Side of the UV texture sampled from the photo, in pixels (256-4096)."""
     occlusion_mask: bool = False
-    """Black out texels the camera cannot see (self-occlusion) instead of smearing the photo."""
+    """Black out texels the camera cannot see (self-occlusion) instead of smearing the photo;
+    with `mirror_fill`, only those whose mirror image it cannot see either."""
+    mirror_fill: bool = True
+    """Texture the side of the face the camera cannot see (a turned head's far cheek) from its
+    mirror image on the seen side (`core.texture.mirror_fill`) instead of smearing the photo
+    across it. Ignored for a layout that is not mirror-symmetric."""
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     detector: Detector = Detector.AUTO
     yunet_model: str | None = None

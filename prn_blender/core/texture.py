@@ -100,6 +100,66 @@ def visibility_mask(
     return np.where(visible, 255, 0).astype(np.uint8)
 
 
+MIRROR_FILL_FEATHER = 1 / 64
+"""Width of the blend at the edge of the seen region, as a fraction of the texture side
+(16 px of a 1024 texture)."""
+GRAZING_COS = (0.2, 0.5)
+"""A seen surface point's photo colour is trusted fully when the cosine between its normal
+and the view direction is above the second value, not at all below the first: at grazing
+angles the predicted silhouette spills onto hair and background."""
+
+
+def facing_cosine(position_map: np.ndarray, layout: UVLayout, size: int) -> np.ndarray:
+    """(S, S) float32 cosine between the surface normal and the direction to the camera
+    (orthographic, +z), at the texture pixels of a size-S texture; 0 outside the mesh and
+    on surfaces facing away. position_map: (R, R, 3) photo px, z towards the camera."""
+    pm = fill_outside_mask(position_map, layout.mesh_mask).astype(np.float64)
+    along_col = np.gradient(pm, axis=1)
+    along_row = np.gradient(pm, axis=0)
+    normal = np.cross(along_col, along_row)  # x right, y down, z to camera: +z faces it
+    cosine = normal[:, :, 2] / np.maximum(np.linalg.norm(normal, axis=-1), 1e-12)
+    cosine = np.where(layout.mesh_mask, np.clip(cosine, 0.0, 1.0), 0.0).astype(np.float32)
+    return cv2.resize(cosine, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def mirror_fill(texture: np.ndarray, visible: np.ndarray, position_map: np.ndarray,
+                layout: UVLayout, feather: float = MIRROR_FILL_FEATHER
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Texture the parts of the face the photo does not show well from their mirror images.
+    Needs `layout.is_mirror_symmetric` (texture column j and S-1-j are mirror points).
+
+    Each texture pixel's photo colour gets a confidence: 0 where `visible` (the
+    `visibility_mask`) says the camera does not see it, rising from 0 to 1 with the facing
+    cosine over GRAZING_COS, and fading in over `feather` x S pixels from the edge of the seen
+    region. The result is the confidence-weighted mean of the pixel's colour and its mirror
+    pixel's, where the pixel's own weight is its confidence c and the mirror's is
+    c_mirror (1 - c): fully trusted pixels keep their colour, unseen ones take the mirror's,
+    pixels neither side shows keep the smeared photo.
+
+    texture: (S, S, C) uint8; visible: (S, S) uint8; position_map: (R, R, 3) photo px.
+    Returns ((S, S, C) uint8 texture, (S, S) uint8 mask: 255 inside the mesh where the colour
+    comes from the photo, seen or mirrored)."""
+    if not layout.is_mirror_symmetric:
+        raise ValueError(f"layout '{layout.layout_id}' is not mirror-symmetric")
+    size = texture.shape[0]
+    inside = cv2.resize(layout.mesh_mask.astype(np.float32), (size, size),
+                        interpolation=cv2.INTER_LINEAR) > 0.5
+    seen = (np.asarray(visible) > 0) & inside
+    # The mesh border is not an edge to fade across, only the edge of the seen region.
+    distance = cv2.distanceTransform((seen | ~inside).astype(np.uint8), cv2.DIST_L2, 3)
+    lo, hi = GRAZING_COS
+    facing = np.clip((facing_cosine(position_map, layout, size) - lo) / (hi - lo), 0.0, 1.0)
+    own = np.where(seen, facing * np.clip(distance / max(feather * size, 1.0), 0.0, 1.0), 0.0)
+    mirror = own[:, ::-1] * (1.0 - own)
+    total = own + mirror
+    mirror_share = np.where(inside & (total > 0), mirror / np.maximum(total, 1e-6), 0.0)
+    mirror_share = mirror_share.astype(np.float32)[:, :, None]
+    out = texture.astype(np.float32) * (1.0 - mirror_share) + texture[:, ::-1] * mirror_share
+    photo_colour = inside & (seen | seen[:, ::-1])
+    return (np.clip(out + 0.5, 0, 255).astype(np.uint8),
+            np.where(photo_colour, 255, 0).astype(np.uint8))
+
+
 def reproject_texture(
     texture: np.ndarray, position_map: np.ndarray, layout: UVLayout,
     photo_shape: tuple[int, ...],

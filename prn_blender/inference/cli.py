@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the 68 landmarks, head pose and scale as JSON")
     rec.add_argument("--occlusion-mask", action="store_true",
                      help="store the texture's visibility mask (npz) ")
+    rec.add_argument("--no-mirror-fill", action="store_true",
+                     help="leave the photo smeared over the side of the face it does not "
+                          "show, instead of mirroring the seen side there")
     rec.add_argument("--detector", default="auto", choices=[d.value for d in Detector])
     rec.add_argument("--yunet", default=None, help="YuNet ONNX file (default: the shipped one)")
     rec.add_argument("--no-refine", action="store_true",
@@ -148,6 +151,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         options = ReconstructOptions(
             faces=FaceSelection.ALL if args.all_faces else FaceSelection.LARGEST,
             texture_size=args.texture_size, occlusion_mask=args.occlusion_mask,
+            mirror_fill=not args.no_mirror_fill,
             detector=Detector(args.detector), yunet_model=args.yunet, refine=not args.no_refine,
             mirror_average=not args.no_mirror_average, smoothing=args.smoothing)
     except ValueError as error:

@@ -36,7 +36,7 @@ from ..core.options import FaceSelection, ReconstructOptions
 from ..core.photo import as_rgb_uint8, load_photo
 from ..core.pose import estimate_pose, smooth_face_map
 from ..core.result import FaceResult
-from ..core.texture import sample_texture, visibility_mask
+from ..core.texture import mirror_fill, sample_texture, visibility_mask
 from ..errors import NoFaceFoundError, PhotoError
 from ..net.device import configure_threads
 from ..net.prnet import predict_at
@@ -224,8 +224,16 @@ class Reconstructor:
             pm = smooth_face_map(pm, layout, options.smoothing * self._texels_per_output)
         vertices = position_map_to_vertices(pm, layout)
         texture = sample_texture(photo, pm, layout, options.texture_size)
-        mask = (visibility_mask(pm, layout, photo.shape, options.texture_size)
-                if options.occlusion_mask else None)
+        mask = None
+        fill = options.mirror_fill and layout.is_mirror_symmetric
+        if fill or options.occlusion_mask:
+            mask = visibility_mask(pm, layout, photo.shape, options.texture_size)
+            if fill:
+                texture, mask = mirror_fill(texture, mask, pm, layout)
+            if options.occlusion_mask:
+                texture = np.where(mask[:, :, None] > 0, texture, 0).astype(np.uint8)
+            else:
+                mask = None
         return FaceResult(
             vertices=vertices,
             triangles=layout.triangles,

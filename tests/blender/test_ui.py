@@ -107,6 +107,7 @@ def test_texture_size_preference_is_the_operator_default():
     prefs.texture_size = 2048
     try:
         op = SimpleNamespace(texture_size=1024, faces="all", occlusion_mask=True, smoothing=0.5,
+                             mirror_fill=False,
                              properties=SimpleNamespace(is_property_set=lambda name: False))
         options = operators.PRN_OT_reconstruct_face.reconstruct_options(op, bpy.context)
         op.properties = SimpleNamespace(is_property_set=lambda name: True)
@@ -115,6 +116,7 @@ def test_texture_size_preference_is_the_operator_default():
         prefs.texture_size = saved
     assert options.texture_size == 2048 and explicit.texture_size == 1024
     assert options.faces == "all" and options.occlusion_mask and options.smoothing == 0.5
+    assert not options.mirror_fill
 
 
 def test_venv_commands_use_pip_with_the_pinned_requirements(tmp_path):

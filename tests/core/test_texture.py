@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from prn_blender.core.texture import (
+    facing_cosine,
     fill_outside_mask,
+    mirror_fill,
     reproject_texture,
     sample_texture,
     upsample_position_map,
@@ -97,3 +99,59 @@ def test_texels_outside_the_photo_are_not_visible(ict_layout):
     up, _ = upsample_position_map(face.position_map, ict_layout, 256)
     assert visible.any()
     assert not visible[up[:, :, 0] < -0.5].any()
+
+
+def test_mirror_fill_recovers_the_far_side_of_a_turned_face(ict_layout):
+    """A left-right symmetric UV texture painted onto the ICT neutral turned 60 degrees: the
+    texture read back from that photo is smeared on the hidden half; mirror filling recovers
+    the painted texture there (its mirror half was seen), and leaves the seen half alone."""
+    size = 512
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    from_middle = np.abs(cols + 0.5 - size / 2)  # symmetric: column j and size-1-j agree
+    painted = np.stack([128 + 80 * np.sin(from_middle / 19.0), 128 + 70 * np.cos(rows / 27.0),
+                        128 + 60 * np.sin((from_middle + rows) / 33.0)], -1).round()
+    painted = painted.astype(np.uint8)
+    np.testing.assert_array_equal(painted, painted[:, ::-1])
+    face = pose_ict_neutral(ict_layout, 60.0, 0.0, 0.0, scale_px_per_cm=14.0)
+    photo, covered = reproject_texture(painted, face.position_map, ict_layout, PHOTO_SHAPE)
+    photo[~covered] = 90
+    texture = sample_texture(photo, face.position_map, ict_layout, size)
+    visible = visibility_mask(face.position_map, ict_layout, PHOTO_SHAPE, size)
+    filled, coloured = mirror_fill(texture, visible, face.position_map, ict_layout)
+    _, inside = upsample_position_map(face.position_map, ict_layout, size)
+    seen = visible > 0
+    margin = np.ones((9, 9), np.uint8)  # away from the blend zone and silhouettes
+    hidden = inside & (cv2.erode((~seen & inside).astype(np.uint8), margin) > 0) \
+        & (cv2.erode(seen[:, ::-1].astype(np.uint8), margin) > 0)
+    deep_seen = cv2.erode(seen.astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
+    assert hidden.sum() > 0.15 * inside.sum() and deep_seen.sum() > 0.15 * inside.sum()
+
+    def error(tex: np.ndarray, where: np.ndarray) -> float:
+        return float(np.abs(tex.astype(np.int16) - painted.astype(np.int16))[where].mean())
+
+    assert error(texture, hidden) > 20  # smeared
+    assert error(filled, hidden) < 3
+    trusted = deep_seen & (facing_cosine(face.position_map, ict_layout, size) >= 0.5)
+    assert trusted.sum() > 0.1 * inside.sum()
+    np.testing.assert_array_equal(filled[trusted], texture[trusted])
+    assert (coloured[hidden] == 255).all() and (coloured[~inside] == 0).all()
+
+
+def test_facing_cosine_of_the_forehead_follows_the_turn(ict_layout):
+    """The forehead's middle (texel row 52, 22 rows above the nose bridge landmark) faces the
+    camera on the frontal neutral; turned by yaw, its cosine drops as cos(yaw). Turned 80
+    degrees, the far half of the face faces away (cosine 0) and the near half is seen."""
+    size, row = 256, 52
+    cosines = {}
+    for yaw in (0.0, 40.0, 70.0):
+        face = pose_ict_neutral(ict_layout, yaw, 0.0, 0.0)
+        cosines[yaw] = facing_cosine(face.position_map, ict_layout, size)[row, 127:129].mean()
+    assert cosines[0.0] > 0.999
+    assert cosines[40.0] == pytest.approx(np.cos(np.radians(40.0)), abs=0.01)
+    assert cosines[70.0] == pytest.approx(np.cos(np.radians(70.0)), abs=0.01)
+    turned = facing_cosine(pose_ict_neutral(ict_layout, 80.0, 0.0, 0.0).position_map,
+                           ict_layout, size)
+    mesh = ict_layout.mesh_mask
+    assert (turned >= 0).all() and (turned[~mesh] == 0).all()
+    assert turned[:, 128:][mesh[:, 128:]].mean() < 0.02
+    assert turned[:, :128][mesh[:, :128]].mean() > 0.6
