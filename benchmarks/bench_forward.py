@@ -1,7 +1,11 @@
 """Batch-1 PRNet forward on CPU: median time of each inference variant and its error in pixels.
 
     .venv/bin/python benchmarks/bench_forward.py [--threads 2] [--runs 20] [--warmup 5]
-        [--weights model_weights/prnet_ict256.safetensors]
+        [--weights model_weights/prnet_ict256.safetensors] [--input-size 128]
+
+The network runs at `--input-size` (default: what the weights say, e.g. 128 for the shipped
+ones; 256 without weights) through `net.prnet.predict_at`, as the product does; the last
+variant adds the product's mirror averaging (one batch of 2).
 
 Variants: plain fp32 (no_grad), inference_mode, channels_last, BatchNorm folded + channels_last,
 bf16 autocast + channels_last. Max |difference| is in crop pixels against plain fp32, on a
@@ -23,7 +27,7 @@ from contextlib import AbstractContextManager, ExitStack
 
 import torch
 
-from prn_blender.net.prnet import PRNet
+from prn_blender.net.prnet import PRNet, predict_at
 from prn_blender.net.weights import fuse_batchnorm
 
 
@@ -37,13 +41,16 @@ def _model_with_statistics(seed: int = 0) -> PRNet:
     return model.eval()
 
 
-def _trained(path: str) -> PRNet:
+def _trained(path: str) -> tuple[PRNet, int]:
+    """(model, the input size its weights run at)."""
     from prn_blender.core.layout import load_layout
     from prn_blender.net.weights import load_weights
 
+    layout = load_layout()
+    state, info = load_weights(path, layout.layout_id)
     model = PRNet()
-    model.load_state_dict(load_weights(path, load_layout().layout_id)[0])
-    return model.eval()
+    model.load_state_dict(state)
+    return model.eval(), int(info.input_size or layout.resolution)
 
 
 def _astronaut_crop() -> torch.Tensor:
@@ -76,11 +83,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--weights", default=None, help="trained weights (default: random)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="network input side, px (default: the weights', else 256)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    input_size = args.input_size or (_trained(args.weights)[1] if args.weights else 256)
 
     def make_model() -> PRNet:
-        return _trained(args.weights) if args.weights else _model_with_statistics()
+        return _trained(args.weights)[0] if args.weights else _model_with_statistics()
 
     model = make_model()
     image = _astronaut_crop() if args.weights else torch.rand(1, 3, 256, 256)
@@ -89,11 +99,12 @@ def main() -> None:
     fused_cl = fuse_batchnorm(model).to(memory_format=torch.channels_last)
 
     def run(
-        net: torch.nn.Module, x: torch.Tensor, ctx: Callable[[], AbstractContextManager[object]]
+        net: torch.nn.Module, x: torch.Tensor, ctx: Callable[[], AbstractContextManager[object]],
+        mirror_average: bool = False,
     ) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
             with ctx():
-                return net(x).float()
+                return predict_at(net, x, input_size, mirror_average).float()
 
         return call
 
@@ -114,9 +125,11 @@ def main() -> None:
         ("channels_last", run(model_cl, image_cl, inference)),
         ("BN folded + channels_last", run(fused_cl, image_cl, inference)),
         (bf16_name, run(model_cl, image_cl, bf16)),
+        ("BN folded + channels_last + mirror average", run(fused_cl, image_cl, inference, True)),
     ]
     reference: torch.Tensor | None = None
-    print(f"PRNet batch-1 forward, CPU, {args.threads} threads, median of {args.runs} "
+    print(f"PRNet batch-1 forward at {input_size} px input, CPU, {args.threads} threads, "
+          f"median of {args.runs} "
           f"after {args.warmup} warm-up runs (torch {torch.__version__})")
     face = None
     if args.weights:

@@ -1,11 +1,12 @@
 """Worker speed: cold start, warm photo -> result arrays for a 1-megapixel photo, peak RSS.
 
-    .venv/bin/python benchmarks/bench_worker.py [--weights FILE] [--runs 10] [--starts 3]
-                                                [--threads 2]
+    .venv/bin/python benchmarks/bench_worker.py [--weights FILE | --untrained] [--runs 10]
+                                                [--starts 3] [--threads 2]
 
-Without --weights an untrained network is saved to a temp folder (speed does not depend on
-training; the refinement pass is then mostly skipped as implausible, so the warm figure is
-also given with `refine` forced off and with a given box). The photo is skimage's astronaut
+Uses the installed weights by default (they set the input size, 128 px for the shipped ones).
+--untrained saves an untrained 256 px network to a temp folder (the refinement pass is then
+mostly skipped as implausible). The warm figure is also given without refinement, without
+mirror averaging and mirror fill, and with a given box. The photo is skimage's astronaut
 scaled to 1000 x 1000 (1 MP) and saved as JPEG. Medians; a shared machine varies +-30 %.
 Targets (issue): warm <= 0.5 s on CPU, cold start (spawn + imports + load) <= 4 s.
 Peak RSS is the worker's VmHWM from /proc (Linux only).
@@ -25,6 +26,7 @@ import numpy as np
 
 from prn_blender.core.options import ReconstructOptions
 from prn_blender.inference.client import WorkerClient
+from prn_blender.net.weights import default_weights_path
 
 
 def _untrained_weights(folder: Path) -> Path:
@@ -63,7 +65,9 @@ def _median_s(fn, runs: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None)
+    parser.add_argument("--weights", default=None, help="default: the installed weights")
+    parser.add_argument("--untrained", action="store_true",
+                        help="time an untrained 256 px network instead")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -73,7 +77,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        weights = Path(args.weights) if args.weights else _untrained_weights(folder)
+        weights = (_untrained_weights(folder) if args.untrained
+                   else default_weights_path(args.weights))
         photo = cv2.resize(data.astronaut()[:, :, :3], (1000, 1000),
                            interpolation=cv2.INTER_CUBIC)
         photo_path = folder / "astronaut_1mp.jpg"
@@ -98,8 +103,10 @@ def main() -> int:
         c.reconstruct(path, default)  # first job: caches (cascades, layout tables)
         box = tuple(float(v) for v in c.reconstruct(path, default)[0].box)
         rows = [
-            ("detect (Haar) + refine + 1024 texture", default),
-            ("detect (Haar), no refine, 1024 texture", ReconstructOptions(refine=False)),
+            ("detect (YuNet) + refine + 1024 texture", default),
+            ("detect (YuNet), no refine, 1024 texture", ReconstructOptions(refine=False)),
+            ("detect (YuNet) + refine, no mirror average/fill, 1024 texture",
+             ReconstructOptions(mirror_average=False, mirror_fill=False)),
             ("given box, no refine, 1024 texture",
              ReconstructOptions(refine=False, boxes=(box,))),
             ("given box, no refine, 256 texture",

@@ -87,9 +87,10 @@ class UVLayout:
     def mirror_error_cm(self) -> float:
         """Largest distance (cm) on the ICT neutral between a face texel's point mirrored
         left-right and the point of the texel in the mirrored column (row r, col R-1-c); inf
-        when `face_mask` itself is not symmetric. See `is_mirror_symmetric`."""
+        when `face_mask` itself is not symmetric or the layout has no ICT surface.
+        See `is_mirror_symmetric`."""
         mask = self.face_mask
-        if not np.array_equal(mask, mask[:, ::-1]):
+        if not np.array_equal(mask, mask[:, ::-1]) or len(self.ict_triangles) == 0:
             return float("inf")
         corners = self.ict_neutral[self.ict_triangles[np.maximum(self.texel_triangle, 0)]]
         points = np.einsum("rckd,rck->rcd", corners, self.texel_barycentric)

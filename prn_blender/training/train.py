@@ -368,7 +368,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                 "world_size": ctx.world_size, "width": config.width,
                 "layout_id": layout.layout_id, "rng": _rng_state(),
                 "config": {k: str(v) for k, v in asdict(config).items()},
-                **({"ema": ema.state_dict()} if ema is not None else {}),
+                **({"ema": ema.state_dict(), "ema_decay": config.ema_decay}
+                   if ema is not None else {}),
             }, ckpt_path)
 
     started = last_ckpt = last_eval = time.monotonic()
@@ -519,10 +520,12 @@ def export_checkpoint(checkpoint: Path, out: Path, summary: str = "", dev_nme: s
         f"{state['step']} steps (epoch {state['epoch']} + {state['position']} faces), batch "
         f"{config.get('batch', '?')} x {state.get('world_size', 1)} process(es), Adam lr "
         f"{config.get('lr', '?')} halved every {config.get('halve_every_epochs', '?')} epochs"
-        + (f", weight average (decay {config.get('ema_decay')})"
+        + (f", weight average (decay {state.get('ema_decay', config.get('ema_decay'))})"
            if ema and "ema" in state else "")
         + (f", gradient loss x {config['gradient_loss_weight']}"
            if float(config.get("gradient_loss_weight", 0) or 0) else "")
+        + (f", mirrored samples {config['mirror_probability']}"
+           if float(config.get("mirror_probability", 0) or 0) else "")
     )
     resolution = layout.resolution
     size = input_size or checkpoint_input_size(state, resolution)

@@ -219,7 +219,7 @@ def test_export_writes_safetensors_with_layout_id_and_checkpoint_weights(data, t
                                 dev_nme="x", ema=ema)
         state, info = load_weights(out, expected_layout_id="synthetic64")
         assert info.trained and info.dev_nme == "x" and "3 steps" in info.training
-        assert ("weight average" in info.training) == ema
+        assert ("weight average (decay 0.5)" in info.training) == ema
         saved = checkpoint_weights(checkpoint, ema)
         assert state.keys() == saved.keys()
         for key, value in saved.items():  # fp16 on disk: about 3 significant digits
@@ -347,3 +347,27 @@ def test_half_resolution_stage_trains_and_its_weights_run_at_full_resolution(dat
     expected = (9 * small[0, :, 0, 0] + 3 * small[0, :, 0, 1] + 3 * small[0, :, 1, 0]
                 + small[0, :, 1, 1]) / 16
     torch.testing.assert_close(full[0, :, 1, 1], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_mirror_augmentation_is_validated(data, tmp_path):
+    """Mirroring needs a mirror-symmetric layout (the shipped ICT one is, test_augment checks
+    the samples); the synthetic test layout has no surface to check, so it is refused."""
+    with pytest.raises(ValueError, match="mirror-symmetric"):
+        train(_config(data, tmp_path / "a", max_steps=1, mirror_probability=0.5))
+    with pytest.raises(ValueError, match="mirror-probability"):
+        train(_config(data, tmp_path / "b", max_steps=1, mirror_probability=1.5))
+
+
+def test_eval_csv_keeps_old_columns_when_new_ones_appear(tmp_path):
+    from prn_blender.training.train import _append_csv
+
+    path = tmp_path / "eval.csv"
+    _append_csv(path, ["step", "300w_nme", "300w_nme@128"], [1, 60.5, 4.9])
+    _append_csv(path, ["step", "300w_nme@128"], [2, 4.8])
+    _append_csv(path, ["step", "300w_nme@128", "aflw_nme@128"], [3, 4.7, 8.8])
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["step", "300w_nme", "300w_nme@128", "aflw_nme@128"]
+    assert [r["300w_nme@128"] for r in rows] == ["4.9", "4.8", "4.7"]
+    assert [r["300w_nme"] for r in rows] == ["60.5", "", ""]
+    assert [r["aflw_nme@128"] for r in rows] == ["", "", "8.8"]
