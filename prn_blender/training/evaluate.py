@@ -30,9 +30,9 @@ from ..core.layout import UVLayout, load_layout
 from ..net.prnet import predict_at
 from . import metrics
 from .faces import dev_names, iter_images, load_face_set
+from .metrics import POINT_MAPS_FILE, load_point_maps
 
 REPO = Path(__file__).resolve().parents[2]
-MAPPING_FILE = REPO / "model_weights" / "eval_point_maps.json"
 
 def fit_point_maps(mediapipe_dir: Path) -> dict:
     """MediaPipe 478 -> 68: per landmark, the MediaPipe point with the smallest median
@@ -50,11 +50,6 @@ def fit_point_maps(mediapipe_dir: Path) -> dict:
         d = np.linalg.norm(pts - labels[:, k : k + 1], axis=2)  # (M, 478)
         mp68.append(int(np.argmin(np.median(d, axis=0))))
     return {"mediapipe68": mp68}
-
-
-def load_point_maps() -> dict:
-    with open(MAPPING_FILE) as fh:
-        return json.load(fh)
 
 
 class NetworkLandmarks:
@@ -186,9 +181,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     from ..net.weights import load_weights
     from .train import checkpoint_input_size, checkpoint_weights, load_checkpoint
 
-    if args.fit_point_maps or not MAPPING_FILE.is_file():
+    if args.fit_point_maps or not POINT_MAPS_FILE.is_file():
         maps = fit_point_maps(args.teachers)
-        MAPPING_FILE.write_text(json.dumps(maps, indent=1) + "\n")
+        POINT_MAPS_FILE.write_text(json.dumps(maps, indent=1) + "\n")
     maps = load_point_maps()
     layout = load_layout()
     model = PRNet()

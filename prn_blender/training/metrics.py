@@ -14,6 +14,7 @@ numpy + OpenCV only (the CED figure is drawn with cv2, no matplotlib).
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,16 @@ def nme_aflw(predicted21: np.ndarray, labels21: np.ndarray, visible: np.ndarray)
     predicted21: (N, 21, >=2) px in AFLW order (ear rows are ignored and may be NaN);
     labels21: (N, 21, 2) px; visible: (N, 21) bool (the README's `visible`)."""
     return nme(predicted21, labels21, points=AFLW19_INDICES, visible=visible)
+
+
+POINT_MAPS_FILE = Path(__file__).resolve().parents[2] / "model_weights" / "eval_point_maps.json"
+"""Teacher point mappings chosen on training faces ("mediapipe68": MediaPipe's 478 -> iBUG 68,
+the point nearest each 300W hand label); written by `eval --fit-point-maps`."""
+
+
+def load_point_maps() -> dict:
+    with open(POINT_MAPS_FILE) as fh:
+        return json.load(fh)
 
 
 def aflw21_from_ibug68(points68: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ twice (`--workers N` runs chunks in parallel processes).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from .fit import (
     locate_texels_in_ict,
     surface_basis,
 )
+from .metrics import load_point_maps
 from .shards import _maps_path, remove_shards_except, write_manifest, write_shard
 
 
@@ -227,20 +228,50 @@ local pass fits what is left, such as the eye's opening, within a few texels."""
 LABEL_CORRECTION_MAX = 0.10
 """Label points further than this fraction of the face diagonal from the fit are treated as
 label errors and not pulled to."""
+PSEUDO_LABEL_MAX_YAW_DEG = 40.0
+"""UTKFace (no hand labels) takes MediaPipe's 68 as labels up to this |yaw| of the fitted
+head. Why: the fit leans on the 3DDFA-V2 teacher, whose 68 sit measurably off 300W's
+conventions (eyes 1.0 %, mouth 1.6 % of the face too high on 300W dev), and the fit-only
+UTKFace targets inherited it (mouth 1.9 % too high, nose 1.6 % too low against MediaPipe's 68,
+over 888 UTKFace faces with |yaw| < 30); MediaPipe's 68 were chosen on 300W training labels
+(2.00 % NME on 300W dev, no offset) but weaken on turned heads (AFLW 60-90: 9.2 %)."""
+
+
+def pseudo_labels(record: FaceRecord, position_map: np.ndarray, layout: UVLayout,
+                  mediapipe478: np.ndarray | None, mediapipe68: list[int] | None
+                  ) -> np.ndarray | None:
+    """(68, 2) MediaPipe's 68 as stand-in labels for an unlabelled (UTKFace) face whose fitted
+    head turns at most PSEUDO_LABEL_MAX_YAW_DEG; None otherwise (labelled sets, no MediaPipe
+    detection, turned head)."""
+    if record.set_name != "utkface" or mediapipe478 is None or mediapipe68 is None:
+        return None
+    points = np.asarray(mediapipe478, dtype=np.float64)[mediapipe68, :2]
+    if not np.isfinite(points).all():
+        return None
+    from ..core.geometry import position_map_to_vertices
+    from ..core.pose import estimate_pose
+
+    yaw = estimate_pose(position_map_to_vertices(position_map, layout), layout).yaw_deg
+    return points if abs(yaw) <= PSEUDO_LABEL_MAX_YAW_DEG else None
 
 
 def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRecord,
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      pseudo68: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Controls for `displace_position_map` that move the fitted map's landmarks onto the hand
     labels in the image plane: ((K, 2) landmark texels, (K, 2) x/y offsets in photo px).
 
     300W: the 51 non-jaw points (its jaw is a 2D silhouette, DESIGN section 5). AFLW: each
     visible one of the 19 evaluated points, whose residual to the mean of its iBUG sources
-    (`metrics.AFLW21_FROM_IBUG68`) moves each source by that amount. Other sets: none."""
+    (`metrics.AFLW21_FROM_IBUG68`) moves each source by that amount. Unlabelled sets: the
+    51 non-jaw points of `pseudo68` (`pseudo_labels`) when given, else none."""
     from .metrics import AFLW19_INDICES, AFLW21_FROM_IBUG68
 
     empty = np.zeros((0, 2)), np.zeros((0, 2))
-    if record.landmarks is None or record.set_name not in ("300w", "aflw"):
+    if record.set_name not in ("300w", "aflw"):
+        if pseudo68 is None:
+            return empty
+        record = replace(record, set_name="300w", landmarks=np.asarray(pseudo68))
+    if record.landmarks is None:
         return empty
     fitted = landmarks_from_position_map(position_map, layout)[:, :2].astype(np.float64)
     labels = np.asarray(record.landmarks, dtype=np.float64)[:, :2]
@@ -266,10 +297,11 @@ def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRe
 
 
 def label_corrected_map(position_map: np.ndarray, layout: UVLayout,
-                        record: FaceRecord) -> np.ndarray:
-    """The fitted target map with its x/y pulled onto the record's hand labels (if any)."""
+                        record: FaceRecord, pseudo68: np.ndarray | None = None) -> np.ndarray:
+    """The fitted target map with its x/y pulled onto the record's hand labels (if any), or
+    for an unlabelled face onto `pseudo68` (if given)."""
     for sigma, ridge in LABEL_CORRECTION_PASSES:
-        texels, offsets = label_corrections(position_map, layout, record)
+        texels, offsets = label_corrections(position_map, layout, record, pseudo68)
         position_map = displace_position_map(position_map, texels, offsets, sigma, ridge)
     return position_map
 
@@ -305,10 +337,11 @@ TEACHER_FILES = ("tddfa68.npz", *(f"mediapipe478_{stem}.npz" for stem in MEDIAPI
 _CTX: TargetContext | None = None
 _TEACHERS: tuple[dict, dict] | None = None
 _BLAS_LIMIT: object = None
+_MEDIAPIPE68: list[int] | None = None
 
 
 def _init_worker(shared: str, cache: str) -> None:
-    global _CTX, _TEACHERS, _BLAS_LIMIT
+    global _CTX, _TEACHERS, _BLAS_LIMIT, _MEDIAPIPE68
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread per worker: with OpenBLAS's default (all cores) in every worker the
@@ -316,6 +349,7 @@ def _init_worker(shared: str, cache: str) -> None:
     _BLAS_LIMIT = threadpool_limits(1)
     _CTX = build_context(Path(shared))
     _TEACHERS = load_teachers(Path(cache))
+    _MEDIAPIPE68 = load_point_maps()["mediapipe68"]
 
 
 def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
@@ -326,7 +360,7 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
     wanted = set(names)
     records = [r for r in load_face_set(set_name) if r.name in wanted]
     jpegs, maps, boxes, out_names, yaws = [], [], [], [], []
-    teacher_rms, label_rms, rejected = [], [], 0
+    teacher_rms, label_rms, rejected, pseudo_labelled = [], [], 0, 0
     for record, jpeg in iter_jpeg_bytes(records):
         obs = observations_for(ctx, tddfa[set_name][record.name], record,
                                mediapipe[set_name].get(record.name), use_labels=True)
@@ -335,8 +369,11 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
         if not np.isfinite(fit.teacher_rms_px) or fit.teacher_rms_px > REJECT_RMS * face_px:
             rejected += 1
             continue
-        position_map = label_corrected_map(
-            fitted_position_map(ctx.layout, ctx.model, fit), ctx.layout, record)
+        position_map = fitted_position_map(ctx.layout, ctx.model, fit)
+        pseudo68 = pseudo_labels(record, position_map, ctx.layout,
+                                 mediapipe[set_name].get(record.name), _MEDIAPIPE68)
+        pseudo_labelled += pseudo68 is not None
+        position_map = label_corrected_map(position_map, ctx.layout, record, pseudo68)
         lm = landmarks_from_position_map(position_map, ctx.layout)
         jpegs.append(jpeg)
         maps.append(position_map.astype(np.float16))
@@ -352,7 +389,7 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
                 [set_name] * len(out_names), np.asarray(yaws, np.float32))
     return {"faces": len(out_names), "rejected": rejected,
             "teacher_rms": float(np.sum(teacher_rms)), "label_rms": float(np.sum(label_rms)),
-            "labelled": len(label_rms)}
+            "labelled": len(label_rms), "pseudo_labelled": pseudo_labelled}
 
 
 REJECT_RMS = 0.08
@@ -412,6 +449,7 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
         "label_correction": [LABEL_CORRECTION_PASSES, LABEL_CORRECTION_MAX],
+        "pseudo_labels": {"utkface": ["mediapipe68", _MEDIAPIPE68, PSEUDO_LABEL_MAX_YAW_DEG]},
         "chunk_size": CHUNK_SIZE,
         "teachers": {name: file_sha256(teachers / name) for name in TEACHER_FILES
                      if (teachers / name).is_file()},
@@ -451,7 +489,8 @@ def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
         print(f"faces {total['faces']:.0f}, rejected {total['rejected']:.0f}, "
               f"mean RMS to teacher {100 * total['teacher_rms'] / total['faces']:.2f} % and "
               f"to hand labels {100 * total['label_rms'] / labelled:.2f} % of the face "
-              f"diagonal")
+              f"diagonal; {total.get('pseudo_labelled', 0):.0f} unlabelled faces pulled onto "
+              f"MediaPipe's 68")
     if run.missing:
         print(f"{len(run.missing)} chunk(s) not done ({', '.join(run.missing[:5])}"
               f"{' ...' if len(run.missing) > 5 else ''}); run the command again to retry them")

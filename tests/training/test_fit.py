@@ -187,3 +187,38 @@ def test_label_correction_opens_an_eye_locally_without_distant_lobes() -> None:
     distance = np.hypot(cols[..., None] - eyes[:, 0], rows[..., None] - eyes[:, 1]).min(-1)
     assert np.nanmax(shift[layout.face_mask & (distance > 8)]) < 1.5
     assert np.nanmax(shift) < 1.5 * 4.0
+
+
+def test_unlabelled_faces_take_mediapipe_68_as_labels_up_to_40_degrees_yaw() -> None:
+    """UTKFace targets are pulled onto MediaPipe's 68 (its jaw excepted) when the fitted head
+    turns at most 40 degrees; labelled sets, turned heads and missed faces are left alone."""
+    from prn_blender.training.faces import FaceRecord
+    from prn_blender.training.metrics import IBUG68_NON_JAW, load_point_maps, nme
+    from prn_blender.training.targets import label_corrected_map, pseudo_labels
+    from tests.core.conftest import pose_ict_neutral
+
+    layout = load_layout()
+    mp68 = load_point_maps()["mediapipe68"]
+    utk = FaceRecord("utkface", "u", "u.jpg", None, float("nan"), None, 200)
+    for yaw, expected in ((25.0, True), (-35.0, True), (50.0, False)):
+        pm = pose_ict_neutral(layout, yaw, 5.0, 3.0, 10.0, (120.0, 110.0, 100.0)).position_map
+        fitted = landmarks_from_position_map(pm, layout)[:, :2]
+        truth = fitted * 1.04 - 3.0 + np.random.default_rng(1).normal(0, 0.8, (68, 2))
+        mediapipe = np.full((478, 3), 50.0)
+        mediapipe[mp68, :2] = truth
+        pseudo = pseudo_labels(utk, pm, layout, mediapipe, mp68)
+        assert (pseudo is not None) == expected, yaw
+        if pseudo is None:
+            continue
+        np.testing.assert_array_equal(pseudo, truth)
+        moved = landmarks_from_position_map(label_corrected_map(pm, layout, utk, pseudo),
+                                            layout)
+        inner = list(IBUG68_NON_JAW)
+        before = nme(fitted[None, inner], truth[None, inner])[0]
+        assert nme(moved[None, inner], truth[None, inner])[0] < 0.1 * before
+        missed = mediapipe.copy()
+        missed[mp68[40]] = np.nan
+        assert pseudo_labels(utk, pm, layout, missed, mp68) is None
+        assert pseudo_labels(utk, pm, layout, None, mp68) is None
+        w300 = _record("300w", truth)
+        assert pseudo_labels(w300, pm, layout, mediapipe, mp68) is None
