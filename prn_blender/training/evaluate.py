@@ -5,6 +5,10 @@
 * Normaliser: sqrt(w * h) of the labelled (visible) points' box.
 * Crops: 300W from the tight box of its 68 hand labels (our crop convention, DESIGN section 3);
   AFLW from the box its stored 3DDFA-style crop implies (centred square of side 120 / sqrt 2).
+* Two rows for our network: "ours", its single pass on that crop (as training scores it), and
+  "ours, product", what `Reconstructor.reconstruct` reports given the same box: mirror
+  averaging and the refinement pass that re-crops from the first pass's landmarks (which
+  matters on AFLW, whose box is only implied by its storage crop).
 
 NME definitions are metrics.py's. AFLW's 21 points are compared through 68-point equivalents
 (`metrics.aflw21_from_ibug68`, chosen on AFLW training faces), the same for our network and
@@ -89,6 +93,24 @@ class NetworkLandmarks:
         return np.stack(out)
 
 
+class ProductLandmarks:
+    """The 68 the product reports for (image, tight box) pairs: `Reconstructor.reconstruct`
+    with the given box and default options (so the refinement pass and mirror averaging);
+    texture work kept minimal (it does not touch the landmarks)."""
+
+    def __init__(self, weights: Path) -> None:
+        from ..core.options import ReconstructOptions
+        from ..inference.reconstructor import Reconstructor
+
+        self.reconstructor = Reconstructor(weights, device="cpu", allow_untrained=False)
+        self.options = ReconstructOptions(texture_size=64, mirror_fill=False)
+
+    def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
+        return np.stack([
+            self.reconstructor.reconstruct(image, boxes=[box], options=self.options)[0].landmarks
+            for image, box in zip(images, boxes, strict=True)])
+
+
 def aflw_eval_box(size: int) -> np.ndarray:
     """The tight-landmark box implied by a 3DDFA-style crop: centred, side size / sqrt(2)."""
     half = size / np.sqrt(2) / 2
@@ -158,6 +180,10 @@ def make_training_evaluator(limit: int | None = 100, input_size: int | None = No
     return evaluate
 
 
+PRODUCT_ROW = "ours, product"
+"""dev_nme.json row of `ProductLandmarks`; "ours" is the network's single pass."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None,
                         help="safetensors weights (default: the shipped ones)")
@@ -172,6 +198,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror-average", action="store_true",
                         help="average each crop's map with its mirrored crop's (as the "
                              "product does by default)")
+    parser.add_argument("--no-product", action="store_true",
+                        help="skip the product pipeline row (refinement pass + mirror "
+                             "averaging, through an fp16 export like the shipped file)")
     parser.add_argument("--fit-point-maps", action="store_true",
                         help="refit model_weights/eval_point_maps.json from training faces")
 
@@ -204,6 +233,16 @@ def run_evaluation(args: argparse.Namespace) -> int:
     model = model.to(memory_format=torch.channels_last).eval()
     run = NetworkLandmarks(model, layout, torch.device("cpu"), input_size=input_size,
                            mirror_average=args.mirror_average)
+    product = None
+    if not args.no_product:
+        weights = args.weights
+        if args.checkpoint is not None:
+            from .train import export_checkpoint
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            weights = export_checkpoint(args.checkpoint, args.out / "evaluated.safetensors",
+                                        input_size=input_size, ema=not args.raw)
+        product = ProductLandmarks(weights)
     teacher = np.load(args.teachers / "tddfa68.npz", allow_pickle=False)
     data = dev_data()
     report: dict[str, dict[str, dict[str, float]]] = {}
@@ -218,6 +257,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         mp68 = mpf["points"][mp_rows][:, maps["mediapipe68"]]  # NaN when missed
         report[set_name] = {
             "ours": run(images, boxes),
+            **({PRODUCT_ROW: product(images, boxes)} if product is not None else {}),
             "3DDFA-V2 teacher": tdd,
             "MediaPipe teacher": mp68,
         }
