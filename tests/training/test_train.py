@@ -371,3 +371,25 @@ def test_eval_csv_keeps_old_columns_when_new_ones_appear(tmp_path):
     assert [r["300w_nme@128"] for r in rows] == ["4.9", "4.8", "4.7"]
     assert [r["300w_nme"] for r in rows] == ["60.5", "", ""]
     assert [r["aflw_nme@128"] for r in rows] == ["", "", "8.8"]
+
+
+def test_cached_canvas_fill_gives_the_same_samples(data):
+    """ShardSamples keeps each face's canvas-filled storage image after the first use; a
+    sample drawn again (cache hit), or by an unpickled copy (empty cache, as in a spawned
+    DataLoader worker), is the same bytes as the first draw."""
+    import pickle
+
+    from prn_blender.core.layout import load_layout
+    from prn_blender.training.augment import AugmentSettings
+    from prn_blender.training.dataset import ShardSamples
+
+    shards, layout = data
+    dataset = ShardSamples(shards, load_layout(layout), 0, AugmentSettings(), 32)
+    first = [dataset[(3, i)] for i in range(4)]
+    assert len(dataset._content) == 4
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._content == {}
+    for again in ([dataset[(3, i)] for i in range(4)], [copy[(3, i)] for i in range(4)]):
+        for a, b in zip(first, again, strict=True):
+            for x, y in zip(a, b, strict=True):
+                assert torch.equal(x, y)
