@@ -260,7 +260,8 @@ def _build_material(
     name: str, result: FaceResult, created: _Created, texture_png: bytes | None = None,
 ) -> bpy.types.Material:
     """Principled BSDF with the face texture (packed PNG) as base colour; the visibility mask,
-    when present, as a second (unlinked) image node labelled 'Visibility'."""
+    when present, as a second (unlinked) image node labelled 'Photo Coverage' (white where the
+    texture holds the photo's colour, seen directly or mirrored)."""
     material = created.add(bpy.data.materials.new(name))
     if material.node_tree is None:  # Blender < 5: nodes are opt-in
         material.use_nodes = True
@@ -279,8 +280,8 @@ def _build_material(
     links.new(texture_node.outputs["Color"], bsdf.inputs["Base Color"])
     if result.texture_mask is not None:
         mask_node = nodes.new("ShaderNodeTexImage")
-        mask_node.label = "Visibility"
-        mask_node.image = _packed_image(f"{name} visibility", result.texture_mask, created)
+        mask_node.label = "Photo Coverage"
+        mask_node.image = _packed_image(f"{name} coverage", result.texture_mask, created)
         mask_node.image.colorspace_settings.name = "Non-Color"
         mask_node.location = (bsdf.location.x - 400.0, bsdf.location.y - 300.0)
     return material

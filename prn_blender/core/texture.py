@@ -52,10 +52,7 @@ def upsample_position_map(
     i.e. bilinear weight of `layout.mesh_mask` above one half)."""
     filled = fill_outside_mask(position_map, layout.mesh_mask)
     up = cv2.resize(filled, (size, size), interpolation=cv2.INTER_LINEAR)
-    inside = cv2.resize(
-        layout.mesh_mask.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR
-    )
-    return up, inside > 0.5
+    return up, texture_inside_mesh(layout, size)
 
 
 def sample_texture(
@@ -111,8 +108,10 @@ angles the predicted silhouette spills onto hair and background."""
 
 def facing_cosine(position_map: np.ndarray, layout: UVLayout, size: int) -> np.ndarray:
     """(S, S) float32 cosine between the surface normal and the direction to the camera
-    (orthographic, +z), at the texture pixels of a size-S texture; 0 outside the mesh and
-    on surfaces facing away. position_map: (R, R, 3) photo px, z towards the camera."""
+    (orthographic, +z), at the texture pixels of a size-S texture (bilinear from the R x R
+    texels: 0 on texels outside the mesh and on surfaces facing away, so pixels within a
+    texel of the mesh border blend towards 0). position_map: (R, R, 3) photo px, z towards
+    the camera."""
     pm = fill_outside_mask(position_map, layout.mesh_mask).astype(np.float64)
     along_col = np.gradient(pm, axis=1)
     along_row = np.gradient(pm, axis=0)
@@ -142,8 +141,7 @@ def mirror_fill(texture: np.ndarray, visible: np.ndarray, position_map: np.ndarr
     if not layout.is_mirror_symmetric:
         raise ValueError(f"layout '{layout.layout_id}' is not mirror-symmetric")
     size = texture.shape[0]
-    inside = cv2.resize(layout.mesh_mask.astype(np.float32), (size, size),
-                        interpolation=cv2.INTER_LINEAR) > 0.5
+    inside = texture_inside_mesh(layout, size)
     seen = (np.asarray(visible) > 0) & inside
     # The mesh border is not an edge to fade across, only the edge of the seen region.
     distance = cv2.distanceTransform((seen | ~inside).astype(np.uint8), cv2.DIST_L2, 3)
@@ -152,12 +150,21 @@ def mirror_fill(texture: np.ndarray, visible: np.ndarray, position_map: np.ndarr
     own = np.where(seen, facing * np.clip(distance / max(feather * size, 1.0), 0.0, 1.0), 0.0)
     mirror = own[:, ::-1] * (1.0 - own)
     total = own + mirror
-    mirror_share = np.where(inside & (total > 0), mirror / np.maximum(total, 1e-6), 0.0)
-    mirror_share = mirror_share.astype(np.float32)[:, :, None]
-    out = texture.astype(np.float32) * (1.0 - mirror_share) + texture[:, ::-1] * mirror_share
-    photo_colour = inside & (seen | seen[:, ::-1])
-    return (np.clip(out + 0.5, 0, 255).astype(np.uint8),
-            np.where(photo_colour, 255, 0).astype(np.uint8))
+    blend = inside & (mirror > 0)
+    # Only the blended pixels in float: a texture may be 8192 px on a side.
+    share = (mirror[blend] / total[blend]).astype(np.float32)[:, None]
+    out = texture.copy()
+    out[blend] = np.clip(texture[blend] * (1.0 - share) + texture[:, ::-1][blend] * share + 0.5,
+                         0, 255).astype(np.uint8)
+    photo_colour = inside & (seen | blend)
+    return out, np.where(photo_colour, 255, 0).astype(np.uint8)
+
+
+def texture_inside_mesh(layout: UVLayout, size: int) -> np.ndarray:
+    """(S, S) bool: texture pixels inside the mesh region (bilinear weight of
+    `layout.mesh_mask` above one half, as `upsample_position_map` decides)."""
+    return cv2.resize(layout.mesh_mask.astype(np.float32), (size, size),
+                      interpolation=cv2.INTER_LINEAR) > 0.5
 
 
 def reproject_texture(

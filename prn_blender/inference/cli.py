@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--landmarks-json", action="store_true",
                      help="also write the 68 landmarks, head pose and scale as JSON")
     rec.add_argument("--occlusion-mask", action="store_true",
-                     help="store the texture's visibility mask (npz) ")
+                     help="black out the texture where the photo shows the face neither "
+                          "directly nor mirrored (the mask is also stored in the npz)")
     rec.add_argument("--no-mirror-fill", action="store_true",
                      help="leave the photo smeared over the side of the face it does not "
                           "show, instead of mirroring the seen side there")

@@ -36,7 +36,12 @@ from ..core.options import FaceSelection, ReconstructOptions
 from ..core.photo import as_rgb_uint8, load_photo
 from ..core.pose import estimate_pose, smooth_face_map
 from ..core.result import FaceResult
-from ..core.texture import mirror_fill, sample_texture, visibility_mask
+from ..core.texture import (
+    mirror_fill,
+    sample_texture,
+    texture_inside_mesh,
+    visibility_mask,
+)
 from ..errors import NoFaceFoundError, PhotoError
 from ..net.device import configure_threads
 from ..net.prnet import predict_at
@@ -230,8 +235,9 @@ class Reconstructor:
             mask = visibility_mask(pm, layout, photo.shape, options.texture_size)
             if fill:
                 texture, mask = mirror_fill(texture, mask, pm, layout)
-            if options.occlusion_mask:
-                texture = np.where(mask[:, :, None] > 0, texture, 0).astype(np.uint8)
+            if options.occlusion_mask:  # the edge extension outside the mesh stays
+                hidden = (mask == 0) & texture_inside_mesh(layout, options.texture_size)
+                texture = np.where(hidden[:, :, None], 0, texture).astype(np.uint8)
             else:
                 mask = None
         return FaceResult(

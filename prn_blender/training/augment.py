@@ -115,7 +115,9 @@ def make_sample(
     target[..., 2] = source[..., 2] * np.float32(transform.scale)
     mirrored = settings.enabled and settings.mirror_probability > 0 and \
         rng.random() < settings.mirror_probability
-    if mirrored:  # texel column c and R-1-c are mirror points of the face
+    # Texel column c and R-1-c are mirror points of the face. The loss weights stay the
+    # layout's per output texel (the weight mask is not exactly symmetric around landmarks).
+    if mirrored:
         crop = np.ascontiguousarray(crop[:, ::-1])
         target = np.ascontiguousarray(target[:, ::-1])
         target[..., 0] = (resolution - 1) - target[..., 0]

@@ -25,8 +25,9 @@ from ..core.layout import UVLayout
 from .augment import AugmentSettings, make_sample, remove_black_canvas
 from .shards import ShardDataset
 
-CONTENT_CACHE_FACES = 20_000
-"""Faces whose canvas-filled storage image a `ShardSamples` keeps (per process)."""
+CONTENT_CACHE_FACES = 10_000
+"""Faces whose canvas-filled storage image a `ShardSamples` keeps by default (about 200 kB
+each; per process: the trainer divides it among its DataLoader workers)."""
 
 
 def downsample_sample(crop: np.ndarray, target_px: np.ndarray, weights: np.ndarray,
@@ -61,7 +62,8 @@ class ShardSamples(torch.utils.data.Dataset):
     the layout resolution). A pure function of (seed, epoch, index)."""
 
     def __init__(self, shards: Path | ShardDataset, layout: UVLayout, seed: int,
-                 augment: AugmentSettings, size: int | None = None) -> None:
+                 augment: AugmentSettings, size: int | None = None,
+                 content_cache_faces: int = CONTENT_CACHE_FACES) -> None:
         self.shards = shards if isinstance(shards, ShardDataset) else ShardDataset(shards)
         self.face_mask = layout.face_mask
         self.weight_mask = layout.weight_mask.astype(np.float32)
@@ -69,6 +71,7 @@ class ShardSamples(torch.utils.data.Dataset):
         self.size = self.resolution if size is None else int(size)
         self.seed = int(seed)
         self.augment = augment
+        self.content_cache_faces = int(content_cache_faces)
         self._content: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict:  # a process that receives this rebuilds its own cache
@@ -79,8 +82,8 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def _storage_image(self, index: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """(storage image RGB, its `remove_black_canvas` result), the latter cached per process
-        for CONTENT_CACHE_FACES faces (about 200 kB each): it is the same every epoch and its
-        wide Gaussian blur was a third of a sample's time."""
+        for `content_cache_faces` faces: it is the same every epoch and its wide Gaussian blur
+        was a third of a sample's time."""
         stored = self.shards[index]
         bgr = cv2.imdecode(np.frombuffer(stored.jpeg, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
@@ -89,7 +92,7 @@ class ShardSamples(torch.utils.data.Dataset):
         content = self._content.get(index)
         if content is None:
             content = remove_black_canvas(rgb)
-            if len(self._content) < CONTENT_CACHE_FACES:
+            if len(self._content) < self.content_cache_faces:
                 self._content[index] = content
         return rgb, content
 
@@ -116,21 +119,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 class ResumableBatchSampler(torch.utils.data.Sampler):
     """Batches of (epoch, index) keys: this rank's slice of each global batch of one epoch,
-    from global sample position `start` (a multiple of nothing in particular: any position)."""
+    from global sample position `start` (a multiple of nothing in particular: any position),
+    then, up to `end_epoch` (exclusive; default: just this one), the following epochs from
+    their start. One sampler over many epochs lets the trainer keep one DataLoader, so its
+    worker processes (and their caches) live for the whole run."""
 
     def __init__(self, n: int, batch: int, seed: int, epoch: int, start: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, end_epoch: int | None = None) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world of {world}")
         self.n, self.batch, self.seed, self.epoch = n, batch, seed, epoch
         self.start, self.rank, self.world = start, rank, world
+        self.end_epoch = epoch + 1 if end_epoch is None else end_epoch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = epoch_order(self.n, self.seed, self.epoch)
         global_batch = self.batch * self.world
-        for pos in range(self.start, self.n - global_batch + 1, global_batch):
-            mine = order[pos + self.rank * self.batch : pos + (self.rank + 1) * self.batch]
-            yield [(self.epoch, int(i)) for i in mine]
+        for epoch in range(self.epoch, self.end_epoch):
+            order = epoch_order(self.n, self.seed, epoch)
+            start = self.start if epoch == self.epoch else 0
+            for pos in range(start, self.n - global_batch + 1, global_batch):
+                mine = order[pos + self.rank * self.batch : pos + (self.rank + 1) * self.batch]
+                yield [(epoch, int(i)) for i in mine]
 
     def __len__(self) -> int:
-        return max(0, (self.n - self.start) // (self.batch * self.world))
+        per_epoch = self.n // (self.batch * self.world)
+        first = max(0, (self.n - self.start) // (self.batch * self.world))
+        return first + per_epoch * max(0, self.end_epoch - self.epoch - 1)

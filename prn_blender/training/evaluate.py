@@ -200,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "product does by default)")
     parser.add_argument("--no-product", action="store_true",
                         help="skip the product pipeline row (refinement pass + mirror "
-                             "averaging, through an fp16 export like the shipped file)")
+                             "averaging, through an fp16 export like the shipped file; it runs "
+                             "at the input size the weights declare, whatever --input-size)")
     parser.add_argument("--fit-point-maps", action="store_true",
                         help="refit model_weights/eval_point_maps.json from training faces")
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ..core.layout import load_layout
 from ..net.prnet import PRNet, normalized_to_pixels
 from .augment import NO_AUGMENTATION, AugmentSettings
-from .dataset import ResumableBatchSampler, ShardSamples
+from .dataset import CONTENT_CACHE_FACES, ResumableBatchSampler, ShardSamples
 from .distributed import DEFAULT_TIMEOUT_S, DistributedContext
 from .loss import batch_landmark_nme, weighted_loss_from_normalized
 
@@ -275,12 +275,15 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     if not 0.0 <= config.mirror_probability <= 1.0:
         raise ValueError(f"--mirror-probability must be in [0, 1], got "
                          f"{config.mirror_probability}")
+    if config.mirror_probability > 0 and not config.augment:
+        raise ValueError("--mirror-probability is an augmentation: drop it or --no-augment")
     if config.mirror_probability > 0 and not layout.is_mirror_symmetric:
         raise ValueError(f"--mirror-probability needs a mirror-symmetric layout; "
                          f"'{layout.layout_id}' is off by {layout.mirror_error_cm:.3g} cm")
     augment = AugmentSettings(mirror_probability=config.mirror_probability)
     dataset = ShardSamples(config.shards, layout, config.seed,
-                           augment if config.augment else NO_AUGMENTATION, config.resolution)
+                           augment if config.augment else NO_AUGMENTATION, config.resolution,
+                           CONTENT_CACHE_FACES // max(1, config.num_workers))
     ckpt_path = config.out / CHECKPOINT_NAME
     state = None
     if ckpt_path.is_file():
@@ -379,15 +382,18 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
     bar = tqdm(desc="train", unit="step", initial=step, total=config.max_steps,
                disable=not ctx.is_main, dynamic_ncols=True)
     stop = False
+    if position + global_batch > n:  # a checkpoint taken at an epoch's dropped remainder
+        epoch, position = epoch + 1, 0
+    # One loader over all remaining epochs: its workers (and their caches) live for the run.
+    sampler = ResumableBatchSampler(n, config.batch, config.seed, epoch, position, ctx.rank,
+                                    ctx.world_size, end_epoch=math.ceil(config.epochs))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.num_workers,
+        prefetch_factor=4 if config.num_workers else None,
+        worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
+    )
     with _StopSignal() as stop_signal:
-        while not stop and epoch + position / n < config.epochs:
-            sampler = ResumableBatchSampler(n, config.batch, config.seed, epoch, position,
-                                            ctx.rank, ctx.world_size)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                prefetch_factor=4 if config.num_workers else None,
-                worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
-            )
+        if epoch + position / n < config.epochs:
             train_model.train()
             for image, target, weights in loader:
                 lr = lr_at(config, epoch + position / n)
@@ -410,6 +416,9 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                 step += 1
                 position += global_batch
                 images += global_batch
+                if position + global_batch > n:  # epoch done (its last partial batch dropped)
+                    epoch += 1
+                    position = 0
                 now = time.monotonic()
                 want_stop = (
                     stop_signal.raised
@@ -451,9 +460,6 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                         f"{k} {v:.3f}" for k, v in figures.items()))
                     last_eval = time.monotonic()
                     train_model.train()
-            if position + global_batch > n:  # epoch done (its last partial batch is dropped)
-                epoch += 1
-                position = 0
     save()
     bar.close()
     if ctx.is_main:

@@ -261,7 +261,7 @@ def test_visibility_mask_becomes_an_unlinked_image_node(layout):
     result = make_synthetic_result(layout, with_mask=True)
     obj = scene.build_face_object(result, "masked", landmarks=False)
     nodes = obj.data.materials[0].node_tree.nodes
-    mask = next(n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Visibility")
+    mask = next(n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Photo Coverage")
     assert not mask.outputs["Color"].is_linked
     assert mask.image.packed_file is not None
 

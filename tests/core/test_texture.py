@@ -134,7 +134,12 @@ def test_mirror_fill_recovers_the_far_side_of_a_turned_face(ict_layout):
     trusted = deep_seen & (facing_cosine(face.position_map, ict_layout, size) >= 0.5)
     assert trusted.sum() > 0.1 * inside.sum()
     np.testing.assert_array_equal(filled[trusted], texture[trusted])
-    assert (coloured[hidden] == 255).all() and (coloured[~inside] == 0).all()
+    # The mask marks where the colour is the photo's (seen or mirrored); elsewhere inside
+    # the mesh the texture is the smeared photo, unchanged (mirror seen edge-on, or hidden).
+    assert (coloured[hidden] == 255).mean() > 0.95 and (coloured[~inside] == 0).all()
+    unmarked = inside & (coloured == 0)
+    assert unmarked.any()
+    np.testing.assert_array_equal(filled[unmarked], texture[unmarked])
 
 
 def test_facing_cosine_of_the_forehead_follows_the_turn(ict_layout):

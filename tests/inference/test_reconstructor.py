@@ -58,6 +58,14 @@ def test_given_box_gives_a_full_face_result(reconstructor, astronaut: np.ndarray
     assert face.uvs.shape == (n, 2) and face.triangles is layout.triangles
     assert face.texture.shape == (256, 256, 3) and face.texture.dtype == np.uint8
     assert face.texture_mask is not None and face.texture_mask.shape == (256, 256)
+    # Blacked out: only mesh pixels the photo shows neither directly nor mirrored; the edge
+    # extension outside the mesh (against dark seams when filtered) stays.
+    from prn_blender.core.texture import texture_inside_mesh
+
+    inside = texture_inside_mesh(reconstructor.layout, 256)
+    hidden = inside & (face.texture_mask == 0)
+    assert (face.texture[hidden] == 0).all()
+    assert (face.texture[~inside].max(axis=-1) > 0).mean() > 0.9
     assert face.landmarks.shape == (68, 3) and np.isfinite(face.landmarks).all()
     assert face.photo_size == (512, 512) and face.layout_id == layout.layout_id
     np.testing.assert_allclose(face.box, ASTRONAUT_FACE_BOX)

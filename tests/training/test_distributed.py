@@ -63,6 +63,19 @@ def test_rank_slices_are_disjoint_and_resume_with_another_world_size_continues_t
     assert resumed == [(2, int(i)) for i in epoch_order(n, seed, 2)[12:18]]
 
 
+def test_a_sampler_over_several_epochs_is_the_per_epoch_samplers_one_after_another():
+    """The trainer keeps one DataLoader for the whole run: its sampler continues from a
+    mid-epoch start into the following epochs exactly as one sampler per epoch would."""
+    n, seed = 23, 4
+    for rank in range(2):
+        joined = list(ResumableBatchSampler(n, 3, seed, 5, 12, rank, 2, end_epoch=8))
+        parts = [b for e, start in ((5, 12), (6, 0), (7, 0))
+                 for b in ResumableBatchSampler(n, 3, seed, e, start, rank, 2)]
+        assert joined == parts and len(joined) == len(ResumableBatchSampler(
+            n, 3, seed, 5, 12, rank, 2, end_epoch=8)) == 1 + 3 + 3
+        assert [b[0][0] for b in joined] == [5] + [6] * 3 + [7] * 3
+
+
 def test_sync_bn_is_refused_on_cpu_with_a_clear_message():
     with pytest.raises(SyncBatchNormUnavailableError, match="needs CUDA"):
         DistributedContext.from_env("cpu", sync_bn=True)

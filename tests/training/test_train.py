@@ -356,6 +356,8 @@ def test_mirror_augmentation_is_validated(data, tmp_path):
         train(_config(data, tmp_path / "a", max_steps=1, mirror_probability=0.5))
     with pytest.raises(ValueError, match="mirror-probability"):
         train(_config(data, tmp_path / "b", max_steps=1, mirror_probability=1.5))
+    with pytest.raises(ValueError, match="no-augment"):
+        train(_config(data, tmp_path / "c", max_steps=1, mirror_probability=0.5, augment=False))
 
 
 def test_eval_csv_keeps_old_columns_when_new_ones_appear(tmp_path):
