@@ -52,7 +52,8 @@ class ReconstructOptions:
     yunet_model: str | None = None
     """Path to YuNet's ONNX file (face_detection_yunet_2023mar.onnx); None = the shipped copy."""
     refine: bool = True
-    """Second pass: re-crop from the network's own 68 landmarks (the crop it was trained on)."""
+    """Refinement: re-crop from the network's own 68 landmarks (the crop it was trained on),
+    twice, and average the two refined surfaces (`inference.reconstructor.REFINE_PASSES`)."""
     mirror_average: bool = True
     """Also run the left-right mirrored crop and average the two surfaces (twice the network
     time; dev NME 8.55 -> 8.19 % on AFLW, 4.57 -> 4.24 % on 300W with the session-4

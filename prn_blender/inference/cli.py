@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--detector", default="auto", choices=[d.value for d in Detector])
     rec.add_argument("--yunet", default=None, help="YuNet ONNX file (default: the shipped one)")
     rec.add_argument("--no-refine", action="store_true",
-                     help="skip the second pass that re-crops from the predicted landmarks")
+                     help="skip the passes that re-crop from the predicted landmarks")
     rec.add_argument("--no-mirror-average", action="store_true",
                      help="run each crop once, not also mirrored (about half the network time)")
     rec.add_argument("--smoothing", type=float, default=SMOOTHING_TEXELS, metavar="TEXELS",
