@@ -41,16 +41,21 @@ def _model_with_statistics(seed: int = 0) -> PRNet:
     return model.eval()
 
 
-def _trained(path: str) -> tuple[PRNet, int]:
-    """(model, the input size its weights run at)."""
+def _trained(path: str) -> PRNet:
     from prn_blender.core.layout import load_layout
     from prn_blender.net.weights import load_weights
 
-    layout = load_layout()
-    state, info = load_weights(path, layout.layout_id)
     model = PRNet()
-    model.load_state_dict(state)
-    return model.eval(), int(info.input_size or layout.resolution)
+    model.load_state_dict(load_weights(path, load_layout().layout_id)[0])
+    return model.eval()
+
+
+def _input_size(path: str) -> int:
+    """The input side the weights run at (their metadata; the layout's side if unset)."""
+    from prn_blender.core.layout import load_layout
+    from prn_blender.net.weights import read_info
+
+    return int(read_info(path).input_size or load_layout().resolution)
 
 
 def _astronaut_crop() -> torch.Tensor:
@@ -87,10 +92,10 @@ def main() -> None:
                         help="network input side, px (default: the weights', else 256)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    input_size = args.input_size or (_trained(args.weights)[1] if args.weights else 256)
+    input_size = args.input_size or (_input_size(args.weights) if args.weights else 256)
 
     def make_model() -> PRNet:
-        return _trained(args.weights)[0] if args.weights else _model_with_statistics()
+        return _trained(args.weights) if args.weights else _model_with_statistics()
 
     model = make_model()
     image = _astronaut_crop() if args.weights else torch.rand(1, 3, 256, 256)

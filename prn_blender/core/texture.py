@@ -11,6 +11,8 @@ Position maps are (R, R, 3) float32 in photo pixels (x right, y down, z towards 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -56,13 +58,15 @@ def upsample_position_map(
 
 
 def sample_texture(
-    photo: np.ndarray, position_map: np.ndarray, layout: UVLayout, size: int = 1024
+    photo: np.ndarray, position_map: np.ndarray, layout: UVLayout, size: int = 1024,
+    upsampled: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """(S, S, C) uint8 UV texture: the photo read (bilinear, `cv2.remap`) at each texture
     pixel's photo position. Outside the face the position map is extended from its nearest
     face texel, so the texture there repeats the face's edge colour (no dark seams when
-    the texture is filtered or mip-mapped). photo: (H, W, C) uint8 RGB."""
-    up, _ = upsample_position_map(position_map, layout, size)
+    the texture is filtered or mip-mapped). photo: (H, W, C) uint8 RGB. upsampled: the
+    `upsample_position_map(position_map, layout, size)` result, if the caller has it."""
+    up, _ = upsampled or upsample_position_map(position_map, layout, size)
     return cv2.remap(
         np.asarray(photo), up[:, :, 0], up[:, :, 1], cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
@@ -72,17 +76,19 @@ def sample_texture(
 def visibility_mask(
     position_map: np.ndarray, layout: UVLayout, photo_shape: tuple[int, ...], size: int = 1024,
     tolerance: float = VISIBILITY_TOLERANCE,
+    upsampled: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """(S, S) uint8 texture mask, 255 where the camera sees that point of the face: inside
     the mesh region, inside the photo, and not hidden by another part of the face: its depth
     is within `tolerance` x face width of the z-buffer of the face mesh (the farthest of the
     3 x 3 pixels around its photo position, which keeps grazing surfaces from aliasing).
 
-    photo_shape: (H, W[, C]) of the photo the position map is in."""
+    photo_shape: (H, W[, C]) of the photo the position map is in. upsampled: as for
+    `sample_texture`."""
     h, w = int(photo_shape[0]), int(photo_shape[1])
     vertices = position_map_to_vertices(np.nan_to_num(position_map), layout)
     raster = rasterize(vertices, layout.triangles, (h, w))
-    up, inside = upsample_position_map(position_map, layout, size)
+    up, inside = upsampled or upsample_position_map(position_map, layout, size)
     col = np.round(up[:, :, 0]).astype(np.int64)
     row = np.round(up[:, :, 1]).astype(np.int64)
     in_photo = (col >= 0) & (col < w) & (row >= 0) & (row < h)
@@ -160,11 +166,15 @@ def mirror_fill(texture: np.ndarray, visible: np.ndarray, position_map: np.ndarr
     return out, np.where(photo_colour, 255, 0).astype(np.uint8)
 
 
+@lru_cache(maxsize=8)
 def texture_inside_mesh(layout: UVLayout, size: int) -> np.ndarray:
-    """(S, S) bool: texture pixels inside the mesh region (bilinear weight of
-    `layout.mesh_mask` above one half, as `upsample_position_map` decides)."""
-    return cv2.resize(layout.mesh_mask.astype(np.float32), (size, size),
-                      interpolation=cv2.INTER_LINEAR) > 0.5
+    """(S, S) bool, read-only: texture pixels inside the mesh region (bilinear weight of
+    `layout.mesh_mask` above one half, as `upsample_position_map` decides). Cached per layout
+    object and size: every face of every photo needs the same one."""
+    inside = cv2.resize(layout.mesh_mask.astype(np.float32), (size, size),
+                        interpolation=cv2.INTER_LINEAR) > 0.5
+    inside.setflags(write=False)
+    return inside
 
 
 def reproject_texture(

@@ -40,6 +40,7 @@ from ..core.texture import (
     mirror_fill,
     sample_texture,
     texture_inside_mesh,
+    upsample_position_map,
     visibility_mask,
 )
 from ..errors import NoFaceFoundError, PhotoError
@@ -244,11 +245,13 @@ class Reconstructor:
         if options.smoothing > 0:  # sigma in network output texels (ReconstructOptions)
             pm = smooth_face_map(pm, layout, options.smoothing * self._texels_per_output)
         vertices = position_map_to_vertices(pm, layout)
-        texture = sample_texture(photo, pm, layout, options.texture_size)
+        upsampled = upsample_position_map(pm, layout, options.texture_size)
+        texture = sample_texture(photo, pm, layout, options.texture_size, upsampled)
         mask = None
         fill = options.mirror_fill and layout.is_mirror_symmetric
         if fill or options.occlusion_mask:
-            mask = visibility_mask(pm, layout, photo.shape, options.texture_size)
+            mask = visibility_mask(pm, layout, photo.shape, options.texture_size,
+                                   upsampled=upsampled)
             if fill:
                 texture, mask = mirror_fill(texture, mask, pm, layout)
             if options.occlusion_mask:  # the edge extension outside the mesh stays

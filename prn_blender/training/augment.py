@@ -91,16 +91,22 @@ def sample_crop_transform(
 
 
 def make_sample(
-    image_rgb: np.ndarray, position_map: np.ndarray, box: np.ndarray, face_mask: np.ndarray,
-    weight_mask: np.ndarray, rng: np.random.Generator, settings: AugmentSettings,
-    resolution: int = 256, content: tuple[np.ndarray, np.ndarray] | None = None,
+    image_rgb: np.ndarray | None, position_map: np.ndarray, box: np.ndarray,
+    face_mask: np.ndarray, weight_mask: np.ndarray, rng: np.random.Generator,
+    settings: AugmentSettings, resolution: int = 256,
+    content: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainingSample:
     """image_rgb: (H, W, 3) uint8 storage image; position_map: (R, R, 3) storage px, NaN outside
     the face; box: (4,) tight 68-landmark box, storage px; face_mask / weight_mask: the layout's;
     content: `remove_black_canvas(image_rgb)` if the caller has it already (it is the same every
-    epoch, and its wide blur costs more than the rest of a sample). Inputs are not modified."""
+    epoch, and its wide blur costs more than the rest of a sample); `image_rgb` is then not
+    needed (None). Inputs are not modified."""
     transform = sample_crop_transform(box, rng, settings, resolution)
-    content, offset = content if content is not None else remove_black_canvas(image_rgb)
+    if content is None:
+        if image_rgb is None:
+            raise ValueError("make_sample needs the storage image or its content")
+        content = remove_black_canvas(image_rgb)
+    content, offset = content
     matrix = transform.matrix.copy()  # crop_from_content = crop_from_storage o shift(offset)
     matrix[:, 2] += matrix[:, :2] @ offset
     crop = cv2.warpAffine(content, matrix, (resolution, resolution),

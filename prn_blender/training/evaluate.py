@@ -167,17 +167,15 @@ def make_training_evaluator(limit: int | None = 100, input_size: int | None = No
     coarse stage's weights are only meaningful at the size they are trained at)."""
     layout = load_layout()
     data = dev_data(limit)
-    sizes = [input_size if input_size and input_size != layout.resolution else None]
+    size = input_size if input_size and input_size != layout.resolution else None
+    suffix = f"@{size}" if size else ""
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
+        run = NetworkLandmarks(model, layout, next(model.parameters()).device, input_size=size)
         result = {}
-        for size in sizes:
-            run = NetworkLandmarks(model, layout, device, input_size=size)
-            for set_name, (records, images, boxes) in data.items():
-                s = score(records, run(images, boxes), set_name)
-                key = f"{set_name}_nme" + (f"@{size}" if size else "")
-                result[key] = s.get("balanced", s["all"])
+        for set_name, (records, images, boxes) in data.items():
+            s = score(records, run(images, boxes), set_name)
+            result[f"{set_name}_nme{suffix}"] = s.get("balanced", s["all"])
         return result
 
     return evaluate

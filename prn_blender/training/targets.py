@@ -18,7 +18,7 @@ twice (`--workers N` runs chunks in parallel processes).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,10 @@ from ..core.geometry import (
     displace_position_map,
     landmarks_from_position_map,
     position_map_from_mesh,
+    position_map_to_vertices,
 )
 from ..core.layout import UVLayout
+from ..core.pose import estimate_pose
 from .faces import FACE_SETS, FaceRecord, dev_names, iter_jpeg_bytes, load_face_set
 from .fit import (
     ICT_TO_PM,
@@ -248,9 +250,6 @@ def pseudo_labels(record: FaceRecord, position_map: np.ndarray, layout: UVLayout
     points = np.asarray(mediapipe478, dtype=np.float64)[mediapipe68, :2]
     if not np.isfinite(points).all():
         return None
-    from ..core.geometry import position_map_to_vertices
-    from ..core.pose import estimate_pose
-
     yaw = estimate_pose(position_map_to_vertices(position_map, layout), layout).yaw_deg
     return points if abs(yaw) <= PSEUDO_LABEL_MAX_YAW_DEG else None
 
@@ -267,15 +266,13 @@ def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRe
     from .metrics import AFLW19_INDICES, AFLW21_FROM_IBUG68
 
     empty = np.zeros((0, 2)), np.zeros((0, 2))
-    if record.set_name not in ("300w", "aflw"):
-        if pseudo68 is None:
-            return empty
-        record = replace(record, set_name="300w", landmarks=np.asarray(pseudo68))
-    if record.landmarks is None:
+    labelled = record.set_name in ("300w", "aflw")
+    source = record.landmarks if labelled else pseudo68
+    if source is None:
         return empty
     fitted = landmarks_from_position_map(position_map, layout)[:, :2].astype(np.float64)
-    labels = np.asarray(record.landmarks, dtype=np.float64)[:, :2]
-    if record.set_name == "300w":
+    labels = np.asarray(source, dtype=np.float64)[:, :2]
+    if record.set_name != "aflw":  # iBUG 68: 300W's labels or the pseudo-labels
         rows = np.arange(17, 68)
         offsets = labels[rows] - fitted[rows]
     else:
