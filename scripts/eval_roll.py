@@ -31,7 +31,7 @@ from prn_blender.core.geometry import landmarks_from_position_map, position_map_
 from prn_blender.core.pose import estimate_pose
 from prn_blender.inference.reconstructor import Reconstructor
 from prn_blender.training import metrics
-from prn_blender.training.evaluate import dev_data, score
+from prn_blender.training.evaluate import LabelReader, dev_data, score
 
 VARIANTS = ("pass 1", "axis-aligned", "upright (eye line)", "upright (pose)")
 
@@ -46,15 +46,18 @@ def main() -> None:
     rec = Reconstructor(args.weights, device="cpu")
     r = rec.layout.resolution
 
-    def passes(photo: np.ndarray, box: np.ndarray) -> list[np.ndarray]:
+    reader = LabelReader(rec.layout)
+
+    def passes(photo: np.ndarray, box: np.ndarray, set_name: str) -> list[np.ndarray]:
+        """The set's label points (evaluate.LabelReader) after each variant."""
         pm = rec._predict(photo, [crop_from_box(box, LANDMARK_BOX, r)])[0]
         first = landmarks_from_position_map(pm, rec.layout)
         roll = estimate_pose(position_map_to_vertices(pm, rec.layout), rec.layout).roll_deg
         crops = [crop_from_landmarks(first, resolution=r, upright_min_deg=np.inf),
                  crop_from_landmarks(first, resolution=r),
                  crop_from_landmarks(first, resolution=r, roll_deg=roll)]
-        maps = rec._predict(photo, crops)
-        return [first] + [landmarks_from_position_map(m, rec.layout) for m in maps]
+        maps = [pm, *rec._predict(photo, crops)]
+        return [reader(m, set_name) for m in maps]
 
     records, images, _ = data["300w"]
     labels = np.stack([rec_.landmarks for rec_ in records])
@@ -66,7 +69,8 @@ def main() -> None:
             back = cv2.invertAffineTransform(turn)
             photo = cv2.warpAffine(image, turn, (w, h), borderMode=cv2.BORDER_REFLECT101)
             label = labels[i] @ turn[:, :2].T + turn[:, 2]
-            for k, lm in enumerate(passes(photo, np.array([*label.min(0), *label.max(0)]))):
+            box = np.array([*label.min(0), *label.max(0)])
+            for k, lm in enumerate(passes(photo, box, "300w")):
                 found[k].append(lm[:, :2] @ back[:, :2].T + back[:, 2])
         figures = [100 * float(np.nanmean(metrics.nme_300w(np.stack(f), labels)))
                    for f in found]
@@ -76,7 +80,7 @@ def main() -> None:
     records, images, boxes = data["aflw"]
     found = [[] for _ in VARIANTS]
     for image, box in zip(images, boxes, strict=True):
-        for k, lm in enumerate(passes(image, box)):
+        for k, lm in enumerate(passes(image, box, "aflw")):
             found[k].append(lm)
     print("AFLW as is (balanced over |yaw| bins): " + ", ".join(
         f"{k} {score(records, np.stack(f), 'aflw')['balanced']:.2f} %"

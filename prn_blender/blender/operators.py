@@ -301,7 +301,8 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
     smoothing: FloatProperty(
         name="Surface Smoothing",
         description="Gaussian smoothing of the reconstructed surface, in texels of the "
-                    "network's output (0 = the raw output; landmarks are not smoothed)",
+                    "network's output (0 = the raw output); the landmarks sit on the "
+                    "smoothed surface",
         default=SMOOTHING_TEXELS, min=0.0, max=8.0, step=25, precision=2)
 
     def draw(self, context: bpy.types.Context) -> None:

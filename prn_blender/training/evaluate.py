@@ -13,11 +13,12 @@
 Every row is also scored on the faces MediaPipe detected (`on_mediapipe_faces`; AFLW 851 of
 1,000, 300W all), since the MediaPipe teacher's own means cover only those.
 
-NME definitions are metrics.py's. AFLW's 21 points are compared through 68-point equivalents
-(`metrics.aflw21_from_ibug68`, chosen on AFLW training faces), the same for our network and
-both teachers, so the columns are comparable. MediaPipe's 68 are its 478 points nearest (on
-300W training labels) to each of the 68; faces MediaPipe misses count as NME 100 % in the CED
-and are left out of the means (its detection rate is reported beside them).
+NME definitions are metrics.py's. Every predictor's AFLW points come through a mapping fitted
+on AFLW training faces (point_maps.py; DESIGN section 5): ours at our layout's fitted texels,
+the 3DDFA-V2 teacher's as affine combinations of its 68, MediaPipe's as one of its 478 points.
+MediaPipe's 68 (300W) are its 478 points nearest (on 300W training labels) to each of the 68;
+faces MediaPipe misses count as NME 100 % in the CED and are left out of the means (its
+detection rate is reported beside them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..core.crop import crop_from_box, uncrop_points, warp_photo_to_crop
-from ..core.geometry import landmarks_from_position_map, surface_roughness
+from ..core.geometry import bilinear_sample, landmarks_from_position_map, surface_roughness
 from ..core.layout import UVLayout, load_layout
 from ..net.prnet import predict_at
 from . import metrics
@@ -41,26 +42,27 @@ from .metrics import POINT_MAPS_FILE, load_point_maps
 
 REPO = Path(__file__).resolve().parents[2]
 
-def fit_point_maps(mediapipe_dir: Path) -> dict:
-    """MediaPipe 478 -> 68: per landmark, the MediaPipe point with the smallest median
-    distance to the 300W hand labels of TRAINING faces (never dev faces)."""
-    w300 = load_face_set("300w")
-    dev300 = dev_names("300w")
-    mp_file = np.load(mediapipe_dir / "mediapipe478_300w.npz", allow_pickle=False)
-    mp_idx = {str(n): i for i, n in enumerate(mp_file["names"])}
-    rows = [(r, mp_idx[r.name]) for r in w300
-            if r.name not in dev300 and mp_file["detected"][mp_idx[r.name]]]
-    labels = np.stack([r.landmarks for r, _ in rows])
-    pts = mp_file["points"][[i for _, i in rows]][:, :, :2]
-    mp68 = []
-    for k in range(68):
-        d = np.linalg.norm(pts - labels[:, k : k + 1], axis=2)  # (M, 478)
-        mp68.append(int(np.argmin(np.median(d, axis=0))))
-    return {"mediapipe68": mp68}
+class LabelReader:
+    """Reads a dev set's label points from our position maps: 300W the calibrated 68; AFLW its
+    21 points at their fitted texels (`metrics.aflw_texel_table`, ears NaN)."""
+
+    def __init__(self, layout: UVLayout) -> None:
+        self.layout = layout
+        shift = metrics.stored_aflw_uv_shift(layout.layout_id)
+        self.aflw_texels, self.aflw_weights = metrics.aflw_texel_table(layout.landmark_texels,
+                                                                       shift)
+
+    def __call__(self, position_map: np.ndarray, set_name: str) -> np.ndarray:
+        """(68 or 21, 3) points in the position map's pixels."""
+        if set_name == "300w":
+            return landmarks_from_position_map(position_map, self.layout)
+        points = bilinear_sample(position_map, self.aflw_texels, self.layout.face_mask)
+        return metrics.aflw21_from(points[None], self.aflw_weights)[0]
 
 
 class NetworkLandmarks:
-    """Runs a PRNet on (image, tight box) pairs and reads the calibrated 68 (photo px).
+    """Runs a PRNet on (image, tight box) pairs and reads the set's label points (photo px,
+    `LabelReader`).
 
     `input_size` < the crop side runs the (fully convolutional) network on area-downsampled
     crops and upsamples its position maps bilinearly: how a coarse training stage scores.
@@ -71,9 +73,11 @@ class NetworkLandmarks:
                  mirror_average: bool = False) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
         self.input_size, self.mirror_average = input_size, mirror_average
+        self.reader = LabelReader(layout)
         self.roughness: list[float] = []
 
-    def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
+                 set_name: str) -> np.ndarray:
         out = []
         self.roughness = []
         was_training = self.model.training
@@ -90,16 +94,16 @@ class NetworkLandmarks:
                 maps = maps.permute(0, 2, 3, 1).cpu().numpy()
             for pm, tf in zip(maps, transforms, strict=True):
                 self.roughness.append(surface_roughness(pm, self.layout.face_mask))
-                lm = landmarks_from_position_map(pm, self.layout)
-                out.append(uncrop_points(lm, tf))
+                out.append(uncrop_points(self.reader(pm, set_name), tf))
         self.model.train(was_training)
         return np.stack(out)
 
 
 class ProductLandmarks:
-    """The 68 the product reports for (image, tight box) pairs: `Reconstructor.reconstruct`
-    with the given box and default options (so the refinement pass and mirror averaging);
-    texture work kept minimal (it does not touch the landmarks)."""
+    """The set's label points (`LabelReader`) on the surface the product reports for (image,
+    tight box) pairs: `Reconstructor.reconstruct` with the given box and default options (so
+    the refinement passes and mirror averaging); texture work kept minimal (it does not touch
+    the surface)."""
 
     def __init__(self, weights: Path) -> None:
         from ..core.options import ReconstructOptions
@@ -107,10 +111,13 @@ class ProductLandmarks:
 
         self.reconstructor = Reconstructor(weights, device="cpu", allow_untrained=False)
         self.options = ReconstructOptions(texture_size=64, mirror_fill=False)
+        self.reader = LabelReader(self.reconstructor.layout)
 
-    def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
+                 set_name: str) -> np.ndarray:
         return np.stack([
-            self.reconstructor.reconstruct(image, boxes=[box], options=self.options)[0].landmarks
+            self.reader(self.reconstructor.reconstruct(image, boxes=[box], options=self.options)
+                        [0].position_map, set_name)
             for image, box in zip(images, boxes, strict=True)])
 
 
@@ -140,18 +147,18 @@ def dev_data(limit: int | None = None) -> dict[str, tuple[list, list, list]]:
     return data
 
 
-def face_nme(records: list, preds68: np.ndarray, set_name: str) -> np.ndarray:
-    """(N,) NME fractions (metrics.py definitions) of 68-point predictions."""
-    if set_name == "300w":
-        return metrics.nme_300w(preds68, np.stack([r.landmarks for r in records]))
+def face_nme(records: list, points: np.ndarray, set_name: str) -> np.ndarray:
+    """(N,) NME fractions (metrics.py definitions) of predictions in the set's label order:
+    (N, 68, >=2) iBUG points for 300W, (N, 21, >=2) AFLW points for AFLW."""
     labels = np.stack([r.landmarks for r in records])
-    visible = np.stack([r.visible for r in records])
-    return metrics.nme_aflw(metrics.aflw21_from_ibug68(preds68[:, :, :2]), labels, visible)
+    if set_name == "300w":
+        return metrics.nme_300w(points, labels)
+    return metrics.nme_aflw(points, labels, np.stack([r.visible for r in records]))
 
 
-def score(records: list, preds68: np.ndarray, set_name: str) -> dict[str, float]:
+def score(records: list, points: np.ndarray, set_name: str) -> dict[str, float]:
     """NME (%) overall and, for AFLW, per |yaw| bin and balanced."""
-    errs = face_nme(records, preds68, set_name)
+    errs = face_nme(records, points, set_name)
     out = {"all": 100 * float(np.nanmean(errs)), "n": float(np.isfinite(errs).sum())}
     if set_name == "aflw":
         binned = metrics.binned_nme(errs, np.array([r.yaw_deg for r in records]))
@@ -174,7 +181,7 @@ def make_training_evaluator(limit: int | None = 100, input_size: int | None = No
         run = NetworkLandmarks(model, layout, next(model.parameters()).device, input_size=size)
         result = {}
         for set_name, (records, images, boxes) in data.items():
-            s = score(records, run(images, boxes), set_name)
+            s = score(records, run(images, boxes, set_name), set_name)
             result[f"{set_name}_nme{suffix}"] = s.get("balanced", s["all"])
         return result
 
@@ -207,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "averaging, through an fp16 export like the shipped file; it runs "
                              "at the input size the weights declare, whatever --input-size)")
     parser.add_argument("--fit-point-maps", action="store_true",
-                        help="refit model_weights/eval_point_maps.json from training faces")
+                        help="refit model_weights/eval_point_maps.json on training faces "
+                             "(also what the targets use for AFLW's labels: remake them after)")
 
 
 def run_evaluation(args: argparse.Namespace) -> int:
@@ -216,7 +224,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
     from .train import checkpoint_input_size, checkpoint_weights, load_checkpoint
 
     if args.fit_point_maps or not POINT_MAPS_FILE.is_file():
-        maps = fit_point_maps(args.teachers)
+        from .faces import DEFAULT_SHARED_DIR
+        from .point_maps import fit_point_maps
+
+        maps = fit_point_maps(args.teachers, Path(DEFAULT_SHARED_DIR))
         POINT_MAPS_FILE.write_text(json.dumps(maps, indent=1) + "\n")
     maps = load_point_maps()
     layout = load_layout()
@@ -259,12 +270,18 @@ def run_evaluation(args: argparse.Namespace) -> int:
         mpf = np.load(mp_path, allow_pickle=False)
         midx = {str(n): i for i, n in enumerate(mpf["names"])}
         mp_rows = [midx[r.name] for r in records]
-        mp68 = mpf["points"][mp_rows][:, maps["mediapipe68"]]  # NaN when missed
+        mp478 = mpf["points"][mp_rows]  # NaN when missed
+        if set_name == "300w":
+            tdd_points, mp_points = tdd, mp478[:, maps["mediapipe68"]]
+        else:
+            tdd_points = metrics.aflw21_from(tdd, metrics.teacher_aflw_weights(maps, "tddfa68"))
+            mp_points = metrics.aflw21_from(mp478,
+                                            metrics.teacher_aflw_weights(maps, "mediapipe478"))
         report[set_name] = {
-            "ours": run(images, boxes),
-            **({PRODUCT_ROW: product(images, boxes)} if product is not None else {}),
-            "3DDFA-V2 teacher": tdd,
-            "MediaPipe teacher": mp68,
+            "ours": run(images, boxes, set_name),
+            **({PRODUCT_ROW: product(images, boxes, set_name)} if product is not None else {}),
+            "3DDFA-V2 teacher": tdd_points,
+            "MediaPipe teacher": mp_points,
         }
         curves = {who: face_nme(records, p, set_name) for who, p in report[set_name].items()}
         report[set_name] = {who: score(records, p, set_name)

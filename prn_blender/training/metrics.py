@@ -41,12 +41,13 @@ AFLW21_FROM_IBUG68: tuple[tuple[int, ...], ...] = (
     (48,), (51, 57), (54,),         # mouth: left corner, centre (outer lips), right corner
     (8,),                           # chin centre
 )  # fmt: skip
-"""MEASUREMENT ONLY: each AFLW point as the mean of these iBUG-68 points, used to score 68-point
-predictors (the 3DDFA-V2 teacher) against AFLW labels. AFLW's "left" is the IMAGE left (the
-subject's right), like iBUG's 17 and 36. Checked on the 1,207 frontal (|yaw| < 30) AFLW training
-faces (dev faces excluded) with the teacher's 68: every choice is the nearest candidate (median
-distance 2.9-6.7 % of the normaliser) except mouth corners, where inner 60/64 and outer 48/54 tie
-within 0.5 %. The product maps AFLW points through its UV layout instead (DESIGN.md section 5)."""
+"""Each AFLW point's iBUG-68 sources: the starting point of the fitted mappings of
+POINT_MAPS_FILE (our layout's texels are these sources' texels shifted; the teachers' fitted
+weights are pulled towards these means). AFLW's "left" is the IMAGE left (the subject's right),
+like iBUG's 17 and 36. Checked on the 1,207 frontal (|yaw| < 30) AFLW training faces (dev faces
+excluded) with the teacher's 68: every choice is the nearest candidate (median distance
+2.9-6.7 % of the normaliser) except mouth corners, where inner 60/64 and outer 48/54 tie
+within 0.5 %."""
 
 
 def yaw_bin_indices(yaw_deg: np.ndarray) -> np.ndarray:
@@ -114,8 +115,15 @@ def nme_aflw(predicted21: np.ndarray, labels21: np.ndarray, visible: np.ndarray)
 
 
 POINT_MAPS_FILE = Path(__file__).resolve().parents[2] / "model_weights" / "eval_point_maps.json"
-"""Teacher point mappings chosen on training faces ("mediapipe68": MediaPipe's 478 -> iBUG 68,
-the point nearest each 300W hand label); written by `eval --fit-point-maps`."""
+"""Point mappings chosen on TRAINING faces (never dev faces), written by `eval --fit-point-maps`
+(point_maps.py); measurement and target-making only, never used by the product:
+* "mediapipe68": MediaPipe's 478 -> iBUG 68, the point nearest each 300W hand label;
+* "aflw_uv_shift" (for "layout_id"): our layout's AFLW points (DESIGN.md section 5). Point k is
+  the mean of its iBUG source texels (`AFLW21_FROM_IBUG68`) moved by this (dx, dy) texel shift,
+  so that it sits where AFLW's labellers put it (their brows, nose wings and nose tip are
+  measurably elsewhere than iBUG's); None for the ears;
+* "aflw_from_tddfa68": (21, 68) affine weights, the 3DDFA-V2 teacher's AFLW points (ears None);
+* "aflw_from_mediapipe478": 21 MediaPipe indices (ears None)."""
 
 
 def load_point_maps() -> dict:
@@ -123,17 +131,71 @@ def load_point_maps() -> dict:
         return json.load(fh)
 
 
+def stored_aflw_uv_shift(layout_id: str) -> np.ndarray:
+    """(21, 2) the fitted AFLW texel shifts of POINT_MAPS_FILE (NaN for the ears); a clear
+    error when they are missing or were fitted for another layout."""
+    maps = load_point_maps() if POINT_MAPS_FILE.is_file() else {}
+    if "aflw_uv_shift" not in maps or maps.get("layout_id") != layout_id:
+        raise RuntimeError(
+            f"{POINT_MAPS_FILE} has no AFLW texel shifts for layout {layout_id}; run "
+            "`python -m prn_blender.training eval --fit-point-maps` (it fits them on the "
+            "AFLW training faces)")
+    return np.array([s if s is not None else [np.nan, np.nan] for s in maps["aflw_uv_shift"]],
+                    dtype=np.float64)
+
+
 def aflw21_from_ibug68(points68: np.ndarray) -> np.ndarray:
-    """(N, 68, C) iBUG points -> (N, 21, C) AFLW points via `AFLW21_FROM_IBUG68` (measurement
-    only); the two ear rows are NaN."""
-    points68 = np.asarray(points68, dtype=np.float64)
+    """(N, 68, C) iBUG points -> (N, 21, C) AFLW points via `AFLW21_FROM_IBUG68` (the starting
+    point of the fitted mappings); the two ear rows are NaN."""
     weights = np.zeros((21, 68))
     for row, sources in enumerate(AFLW21_FROM_IBUG68):
         if sources:
             weights[row, list(sources)] = 1.0 / len(sources)
         else:
             weights[row] = np.nan
-    return np.einsum("ak,nkc->nac", weights, points68)
+    return aflw21_from(points68, weights)
+
+
+def aflw21_from(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N, K, C) a predictor's points -> (N, 21, C) AFLW points, row a = weights[a] @ points
+    (weights (21, K); a NaN row, the ears, gives NaN)."""
+    return np.einsum("ak,nkc->nac", np.asarray(weights, np.float64),
+                     np.asarray(points, dtype=np.float64))
+
+
+def teacher_aflw_weights(point_maps: dict, teacher: str) -> np.ndarray:
+    """(21, K) weights taking a teacher's points to AFLW's (`aflw21_from`): teacher "tddfa68"
+    (K = 68) or "mediapipe478" (K = 478, one point each)."""
+    if teacher == "tddfa68":
+        rows = point_maps["aflw_from_tddfa68"]
+        return np.array([row if row is not None else [np.nan] * 68 for row in rows])
+    weights = np.zeros((21, 478))
+    for row, index in enumerate(point_maps["aflw_from_mediapipe478"]):
+        if index is None:
+            weights[row] = np.nan
+        else:
+            weights[row, index] = 1.0
+    return weights
+
+
+def aflw_texel_table(landmark_texels: np.ndarray, uv_shift: list | np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Our layout's AFLW points as texels: ((M, 2) texel positions (x, y), (21, M) weights
+    averaging each point's texels, ear rows NaN). Point k's texels are its iBUG sources'
+    `landmark_texels` moved by `uv_shift[k]` (POINT_MAPS_FILE's "aflw_uv_shift")."""
+    texels, owner = [], []
+    for row, sources in enumerate(AFLW21_FROM_IBUG68):
+        if sources:
+            shift = np.asarray(uv_shift[row], dtype=np.float64)
+            texels.append(np.asarray(landmark_texels, np.float64)[list(sources)] + shift)
+            owner += [row] * len(sources)
+    owner_arr = np.array(owner)
+    weights = np.zeros((21, len(owner_arr)))
+    weights[owner_arr, np.arange(len(owner_arr))] = 1.0
+    counts = weights.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        weights = np.where(counts > 0, weights / counts, np.nan)
+    return np.concatenate(texels), weights
 
 
 @dataclass(frozen=True)

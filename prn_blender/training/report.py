@@ -2,12 +2,14 @@
 
 `python -m prn_blender.training targets-report` reads the target shards and, for every
 training face with hand labels (300W: 51 points without the jaw; AFLW: 19 points, balanced over
-|yaw| bins; DESIGN.md section 5 metrics), scores three 68-point sets on the SAME faces:
+|yaw| bins; DESIGN.md section 5 metrics), scores three point sets on the SAME faces:
 
-* the targets: the calibrated 68 read from each target position map (what the network learns);
+* the targets: the set's label points read from each target position map (what the network
+  learns; `evaluate.LabelReader`: AFLW's at their fitted texels);
 * the 3DDFA-V2 landmark teacher (cache/teachers/tddfa68.npz);
-* the MediaPipe dense teacher, mapped to 68 by model_weights/eval_point_maps.json (scored on the
-  faces it detected; its detection rate is reported beside it).
+* the MediaPipe dense teacher; both teachers mapped to the set's points by
+  model_weights/eval_point_maps.json (MediaPipe scored on the faces it detected; its detection
+  rate is reported beside it).
 
 The 300W and AFLW targets were fitted WITH the hand labels (FitSettings.label_weight) and then
 pulled onto them (targets.label_corrected_map), so on those faces they carry the labels up to
@@ -27,7 +29,8 @@ import numpy as np
 
 from ..core.geometry import landmarks_from_position_map
 from ..core.layout import UVLayout, load_layout
-from .evaluate import load_point_maps, score
+from . import metrics
+from .evaluate import LabelReader, load_point_maps, score
 from .faces import load_face_set
 from .shards import shard_stems
 from .targets import MEDIAPIPE_FILES
@@ -36,33 +39,38 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def shard_landmarks(shards: Path, layout: UVLayout) -> dict[str, dict[str, np.ndarray]]:
-    """{set: {face name: (68, 3) target landmarks in storage px}} over every shard."""
+    """{set: {face name: (68 or 21, 3) target label points in storage px}} over every shard."""
+    reader = LabelReader(layout)
     out: dict[str, dict[str, np.ndarray]] = {}
     for stem in shard_stems(shards):
         with np.load(stem.with_suffix(".npz"), allow_pickle=False) as meta:
             names, sources = [str(n) for n in meta["names"]], [str(s) for s in meta["sources"]]
         maps = np.load(stem.with_name(stem.name + ".maps.npy"), mmap_mode="r")
         for name, source, pm in zip(names, sources, maps, strict=True):
-            out.setdefault(source, {})[name] = landmarks_from_position_map(
-                np.asarray(pm, np.float32), layout)
+            if source in ("300w", "aflw"):
+                out.setdefault(source, {})[name] = reader(np.asarray(pm, np.float32), source)
     return out
 
 
-def _teacher68(teachers: Path, set_name: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(3DDFA-V2 (M, 68, 3), MediaPipe mapped (M, 68, 2) with NaN where it missed)."""
+def _teacher_points(teachers: Path, set_name: str, names: list[str]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(3DDFA-V2, MediaPipe with NaN where it missed), (M, 68 or 21, 2) in the set's order."""
+    maps = load_point_maps()
     with np.load(teachers / "tddfa68.npz", allow_pickle=False) as t:
         index = {str(n): i for i, n in enumerate(t[f"{set_name}_names"])}
-        tddfa = t[f"{set_name}_landmarks"][[index[n] for n in names]]
-    mp68 = np.full((len(names), 68, 2), np.nan, np.float32)
+        tddfa = t[f"{set_name}_landmarks"][[index[n] for n in names]][:, :, :2]
+    mp478 = np.full((len(names), 478, 2), np.nan, np.float32)
     path = teachers / f"mediapipe478_{MEDIAPIPE_FILES[set_name]}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as m:
             index = {str(n): i for i, n in enumerate(m["names"])}
             rows = np.array([index[n] for n in names])
             found = m["detected"][rows].astype(bool)
-            pts = m["points"][rows][:, load_point_maps()["mediapipe68"], :2]
-            mp68[found] = pts[found]
-    return tddfa, mp68
+            mp478[found] = m["points"][rows][found][:, :, :2]
+    if set_name == "300w":
+        return tddfa, mp478[:, maps["mediapipe68"]]
+    return (metrics.aflw21_from(tddfa, metrics.teacher_aflw_weights(maps, "tddfa68")),
+            metrics.aflw21_from(mp478, metrics.teacher_aflw_weights(maps, "mediapipe478")))
 
 
 def targets_report(shards: Path, teachers: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -76,13 +84,12 @@ def targets_report(shards: Path, teachers: Path) -> dict[str, dict[str, dict[str
         if not names:
             continue
         ours = np.stack([targets[set_name][n] for n in names])
-        tddfa, mp68 = _teacher68(teachers, set_name, names)
-        detected = np.isfinite(mp68[:, 0, 0])
+        tddfa, mp_points = _teacher_points(teachers, set_name, names)
+        detected = np.isfinite(mp_points[:, -1, 0])
         report[set_name] = {
             "targets": score(records, ours, set_name),
             "3DDFA-V2 teacher": score(records, tddfa, set_name),
-            "MediaPipe teacher": score(records, np.where(detected[:, None, None], mp68,
-                                                         np.nan), set_name)
+            "MediaPipe teacher": score(records, mp_points, set_name)
             | {"detected": float(detected.mean())},
         }
         if detected.any() and not detected.all():  # the others on MediaPipe's own faces too

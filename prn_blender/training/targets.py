@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.geometry import (
+    bilinear_sample,
     displace_position_map,
     landmarks_from_position_map,
     position_map_from_mesh,
@@ -42,7 +43,7 @@ from .fit import (
     locate_texels_in_ict,
     surface_basis,
 )
-from .metrics import load_point_maps
+from .metrics import AFLW19_INDICES, aflw_texel_table, load_point_maps, stored_aflw_uv_shift
 from .shards import _maps_path, remove_shards_except, write_manifest, write_shard
 
 
@@ -145,51 +146,61 @@ class TargetContext:
     model: KeptModel
     basis: SurfaceBasis
     """Rows 0-67: calibrated 68; then the MediaPipe partners (`mediapipe_index`); then the 21
-    AFLW points (`aflw_row0` + AFLW index; the ears have no 68-point partner: zero rows,
-    never used)."""
+    AFLW points (`aflw_row0` + AFLW index, at their fitted texels; the ears have no partner:
+    zero rows, never used)."""
     mediapipe_index: np.ndarray
     settings: FitSettings
+    aflw_uv_shift: np.ndarray
+    """(21, 2) texel shifts of AFLW's points from their iBUG sources (metrics.POINT_MAPS_FILE);
+    NaN for the ears."""
 
     @property
     def aflw_row0(self) -> int:
         return 68 + len(self.mediapipe_index)
 
 
-def build_context(shared: Path, settings: FitSettings | None = None) -> TargetContext:
+def build_context(shared: Path, settings: FitSettings | None = None,
+                  aflw_uv_shift: np.ndarray | None = None) -> TargetContext:
+    """`aflw_uv_shift` (21, 2) defaults to the fitted one of metrics.POINT_MAPS_FILE."""
     from ..core.layout import load_layout
     from .ict import load_ict
 
     layout = load_layout()
+    if aflw_uv_shift is None:
+        aflw_uv_shift = stored_aflw_uv_shift(layout.layout_id)
     ict = load_ict(str(shared))
     neutral = ict.neutral.astype(np.float64)
     mp_index, mp_ids, mp_bary, _ = mediapipe_correspondences(
         layout, neutral, ict.face_triangles, shared
     )
-    lm_ids, lm_bary = locate_texels_in_ict(layout, layout.landmark_texels)
+    aflw_texels, aflw_weights = aflw_texel_table(layout.landmark_texels, aflw_uv_shift)
+    ids, bary = locate_texels_in_ict(
+        layout, np.concatenate([layout.landmark_texels, aflw_texels]))
     basis = surface_basis(
         ict.neutral, ict.identity, ict.expression,
-        np.concatenate([lm_ids, mp_ids]), np.concatenate([lm_bary, mp_bary]),
+        np.concatenate([ids[:68], mp_ids, ids[68:]]),
+        np.concatenate([bary[:68], mp_bary, bary[68:]]),
     )
     model = kept_model(layout, ict.neutral, ict.identity, ict.expression)
-    return TargetContext(layout, model, with_aflw_rows(basis), mp_index,
-                         settings or FitSettings())
+    return TargetContext(layout, model, with_aflw_rows(basis, np.nan_to_num(aflw_weights)),
+                         mp_index, settings or FitSettings(),
+                         np.asarray(aflw_uv_shift, dtype=np.float64))
 
 
-def with_aflw_rows(basis: SurfaceBasis) -> SurfaceBasis:
-    """Append AFLW's 21 points as rows, each the same combination of the calibrated 68 that
-    the evaluation uses (metrics.AFLW21_FROM_IBUG68): the model is linear in its points, so
-    fitting AFLW's labels there is exact and consistent with how AFLW NME is measured."""
-    from .metrics import AFLW21_FROM_IBUG68
+def with_aflw_rows(basis: SurfaceBasis, aflw_weights: np.ndarray) -> SurfaceBasis:
+    """Turn the basis's last M rows (AFLW's texels, `metrics.aflw_texel_table`) into AFLW's 21
+    points, each the mean of its texels ((21, M) weights; the model is linear in its points,
+    so the fit sees each AFLW point exactly where the evaluation reads it)."""
+    m = aflw_weights.shape[1]
+    keep = basis.point_count - m
 
-    combine = np.zeros((21, basis.point_count))
-    for row, sources in enumerate(AFLW21_FROM_IBUG68):
-        combine[row, list(sources)] = 1.0 / len(sources) if sources else np.nan
-    extra = SurfaceBasis(np.einsum("ap,pc->ac", combine, basis.mean),
-                         np.einsum("ap,mpc->mac", combine, basis.identity),
-                         np.einsum("ap,mpc->mac", combine, basis.expression))
-    return SurfaceBasis(np.concatenate([basis.mean, extra.mean]),
-                        np.concatenate([basis.identity, extra.identity], axis=1),
-                        np.concatenate([basis.expression, extra.expression], axis=1))
+    def combine(arr: np.ndarray, axis_points: int) -> np.ndarray:
+        head, tail = np.split(arr, [keep], axis=axis_points)
+        mixed = np.einsum("ap,...pc->...ac", aflw_weights, tail)
+        return np.concatenate([head, mixed], axis=axis_points)
+
+    return SurfaceBasis(combine(basis.mean, 0), combine(basis.identity, 1),
+                        combine(basis.expression, 1))
 
 
 def observations_for(
@@ -202,8 +213,6 @@ def observations_for(
         label_rows = np.arange(68)
         label_weights = np.where(np.arange(68) < 17, LABEL_WEIGHT_300W_JAW, 1.0)
     elif use_labels and record.set_name == "aflw" and record.landmarks is not None:
-        from .metrics import AFLW19_INDICES
-
         points = np.array([i for i in AFLW19_INDICES if record.visible is None
                            or record.visible[i]], dtype=np.int64)
         labels = record.landmarks[points]
@@ -245,7 +254,17 @@ def pseudo_labels(record: FaceRecord, position_map: np.ndarray, layout: UVLayout
     """(68, 2) MediaPipe's 68 as stand-in labels for an unlabelled (UTKFace) face whose fitted
     head turns at most PSEUDO_LABEL_MAX_YAW_DEG; None otherwise (labelled sets, no MediaPipe
     detection, turned head)."""
-    if record.set_name != "utkface" or mediapipe478 is None or mediapipe68 is None:
+    if record.set_name != "utkface":
+        return None
+    return mediapipe_pseudo68(position_map, layout, mediapipe478, mediapipe68)
+
+
+def mediapipe_pseudo68(position_map: np.ndarray, layout: UVLayout,
+                       mediapipe478: np.ndarray | None, mediapipe68: list[int] | None
+                       ) -> np.ndarray | None:
+    """(68, 2) MediaPipe's 68 (photo px) when it found the face and the fitted head turns at
+    most PSEUDO_LABEL_MAX_YAW_DEG, else None."""
+    if mediapipe478 is None or mediapipe68 is None:
         return None
     points = np.asarray(mediapipe478, dtype=np.float64)[mediapipe68, :2]
     if not np.isfinite(points).all():
@@ -254,51 +273,80 @@ def pseudo_labels(record: FaceRecord, position_map: np.ndarray, layout: UVLayout
     return points if abs(yaw) <= PSEUDO_LABEL_MAX_YAW_DEG else None
 
 
-def label_corrections(position_map: np.ndarray, layout: UVLayout, record: FaceRecord,
-                      pseudo68: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Controls for `displace_position_map` that move the fitted map's landmarks onto the hand
-    labels in the image plane: ((K, 2) landmark texels, (K, 2) x/y offsets in photo px).
+@dataclass(frozen=True, eq=False)
+class LabelPoints:
+    """Label points on the layout: label l (labels[l], photo px) is the mean of the x/y of the
+    texels whose `group` is l (one texel for iBUG's points; AFLW's eye and mouth centres
+    average several)."""
 
-    300W: the 51 non-jaw points (its jaw is a 2D silhouette, DESIGN section 5). AFLW: each
-    visible one of the 19 evaluated points, whose residual to the mean of its iBUG sources
-    (`metrics.AFLW21_FROM_IBUG68`) moves each source by that amount. Unlabelled sets: the
-    51 non-jaw points of `pseudo68` (`pseudo_labels`) when given, else none."""
-    from .metrics import AFLW19_INDICES, AFLW21_FROM_IBUG68
+    texels: np.ndarray
+    """(M, 2) continuous texel positions (x, y)."""
+    group: np.ndarray
+    """(M,) int index into `labels` of each texel."""
+    labels: np.ndarray
+    """(L, 2) float64 photo px."""
 
-    empty = np.zeros((0, 2)), np.zeros((0, 2))
-    labelled = record.set_name in ("300w", "aflw")
-    source = record.landmarks if labelled else pseudo68
-    if source is None:
-        return empty
+    def read(self, position_map: np.ndarray, layout: UVLayout) -> np.ndarray:
+        """(L, 2) the label points' x/y on a position map."""
+        xy = bilinear_sample(position_map, self.texels, layout.face_mask)[:, :2]
+        total = np.zeros((len(self.labels), 2))
+        np.add.at(total, self.group, xy)
+        return total / np.bincount(self.group, minlength=len(self.labels))[:, None]
+
+
+def label_points(record: FaceRecord, layout: UVLayout, aflw_uv_shift: np.ndarray,
+                 pseudo68: np.ndarray | None = None) -> LabelPoints | None:
+    """The labels a target map is pulled onto, or None. 300W: the 51 non-jaw points (its jaw is
+    a 2D silhouette, DESIGN section 5). AFLW: each visible, labelled one of the 19 evaluated
+    points at its fitted texels (`metrics.aflw_texel_table`). Unlabelled sets: the 51 non-jaw
+    points of `pseudo68` (`pseudo_labels`) when given."""
+    if record.set_name == "aflw":
+        if record.landmarks is None:
+            return None
+        texels, weights = aflw_texel_table(layout.landmark_texels, aflw_uv_shift)
+        wanted = [i for i in AFLW19_INDICES
+                  if (record.visible is None or record.visible[i])
+                  and np.isfinite(record.landmarks[i]).all()]
+        if not wanted:
+            return None
+        owner = np.argmax(np.nan_to_num(weights) > 0, axis=0)  # (M,) AFLW index per texel
+        use = np.isin(owner, wanted)
+        group = np.searchsorted(np.array(wanted), owner[use])
+        return LabelPoints(texels[use], group,
+                           np.asarray(record.landmarks, np.float64)[wanted, :2])
+    source = record.landmarks if record.set_name == "300w" else pseudo68
+    return None if source is None else ibug_label_points(layout, source)
+
+
+def ibug_label_points(layout: UVLayout, labels68: np.ndarray) -> LabelPoints:
+    """The 51 non-jaw points of iBUG-68 labels (photo px) at the calibrated texels."""
+    rows = np.arange(17, 68)
+    return LabelPoints(np.asarray(layout.landmark_texels, np.float64)[rows],
+                       np.arange(len(rows)), np.asarray(labels68, np.float64)[rows, :2])
+
+
+def label_corrections(position_map: np.ndarray, layout: UVLayout, points: LabelPoints
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Controls for `displace_position_map` that move the fitted map's label points onto the
+    labels in the image plane: ((K, 2) texels, (K, 2) x/y offsets in photo px). Every texel
+    of a label moves by that label's residual; a residual beyond LABEL_CORRECTION_MAX of the
+    face diagonal is a label error and not pulled to."""
     fitted = landmarks_from_position_map(position_map, layout)[:, :2].astype(np.float64)
-    labels = np.asarray(source, dtype=np.float64)[:, :2]
-    if record.set_name != "aflw":  # iBUG 68: 300W's labels or the pseudo-labels
-        rows = np.arange(17, 68)
-        offsets = labels[rows] - fitted[rows]
-    else:
-        rows_list, offsets_list = [], []
-        for point in AFLW19_INDICES:
-            if record.visible is not None and not record.visible[point]:
-                continue
-            sources = list(AFLW21_FROM_IBUG68[point])
-            residual = labels[point] - fitted[sources].mean(axis=0)
-            rows_list += sources
-            offsets_list += [residual] * len(sources)
-        if not rows_list:
-            return empty
-        rows, offsets = np.array(rows_list), np.array(offsets_list)
     diagonal = float(np.linalg.norm(np.nanmax(fitted, axis=0) - np.nanmin(fitted, axis=0)))
+    residual = points.labels - points.read(position_map, layout)
+    offsets = residual[points.group]
     keep = (np.isfinite(offsets).all(axis=1)
             & (np.linalg.norm(offsets, axis=1) <= LABEL_CORRECTION_MAX * diagonal))
-    return np.asarray(layout.landmark_texels, np.float64)[rows[keep]], offsets[keep]
+    return points.texels[keep], offsets[keep]
 
 
 def label_corrected_map(position_map: np.ndarray, layout: UVLayout,
-                        record: FaceRecord, pseudo68: np.ndarray | None = None) -> np.ndarray:
-    """The fitted target map with its x/y pulled onto the record's hand labels (if any), or
-    for an unlabelled face onto `pseudo68` (if given)."""
+                        points: LabelPoints | None) -> np.ndarray:
+    """The fitted target map with its x/y pulled onto `points`' labels (unchanged for None)."""
+    if points is None:
+        return position_map
     for sigma, ridge in LABEL_CORRECTION_PASSES:
-        texels, offsets = label_corrections(position_map, layout, record, pseudo68)
+        texels, offsets = label_corrections(position_map, layout, points)
         position_map = displace_position_map(position_map, texels, offsets, sigma, ridge)
     return position_map
 
@@ -370,7 +418,9 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
         pseudo68 = pseudo_labels(record, position_map, ctx.layout,
                                  mediapipe[set_name].get(record.name), _MEDIAPIPE68)
         pseudo_labelled += pseudo68 is not None
-        position_map = label_corrected_map(position_map, ctx.layout, record, pseudo68)
+        position_map = label_corrected_map(
+            position_map, ctx.layout,
+            label_points(record, ctx.layout, ctx.aflw_uv_shift, pseudo68))
         lm = landmarks_from_position_map(position_map, ctx.layout)
         jpegs.append(jpeg)
         maps.append(position_map.astype(np.float16))
@@ -429,6 +479,21 @@ def ensure_teachers(shared: Path, cache: Path, mediapipe: bool = True) -> None:
             dense.result()  # re-raises a failed MediaPipe run
 
 
+def ensure_point_maps(shared: Path, cache: Path) -> None:
+    """Fit metrics.POINT_MAPS_FILE on the training faces when it lacks the AFLW texel shifts
+    for this layout (the targets pull AFLW's labels there)."""
+    from ..core.layout import load_layout
+    from .metrics import POINT_MAPS_FILE
+    from .point_maps import fit_point_maps
+
+    try:
+        stored_aflw_uv_shift(load_layout().layout_id)
+    except RuntimeError:
+        print("fitting the point mappings (AFLW texel shifts) on the training faces ...")
+        POINT_MAPS_FILE.write_text(json.dumps(fit_point_maps(cache / "teachers", shared),
+                                              indent=1) + "\n")
+
+
 def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> dict:
     """The inputs the shards depend on (fit settings, layout, teacher files' SHA-256, which
     faces each chunk holds); a chunk recorded under another stamp is redone."""
@@ -446,6 +511,7 @@ def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> d
         "reject_rms": REJECT_RMS,
         "label_weight_300w_jaw": LABEL_WEIGHT_300W_JAW,
         "label_correction": [LABEL_CORRECTION_PASSES, LABEL_CORRECTION_MAX],
+        "aflw_uv_shift": np.nan_to_num(_CTX.aflw_uv_shift, nan=0.0).tolist(),
         "pseudo_labels": {"utkface": ["mediapipe68", _MEDIAPIPE68, PSEUDO_LABEL_MAX_YAW_DEG]},
         "chunk_size": CHUNK_SIZE,
         "teachers": {name: file_sha256(teachers / name) for name in TEACHER_FILES
@@ -462,6 +528,7 @@ def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
     from .parallel import read_records, run_chunks
 
     ensure_teachers(shared, cache, mediapipe=mediapipe)
+    ensure_point_maps(shared, cache)
     # Load once in the parent: a broken input fails here with its own message instead of
     # as a broken pool, and the forked workers inherit the loaded context.
     _init_worker(str(shared), str(cache))

@@ -310,9 +310,10 @@ def evaluate_teacher(
 ) -> list[str]:
     """NME of the teacher against the hand labels (metrics.py); returns report lines.
 
-    From the run-all file: 300W (51 points) all and dev; AFLW dev (19 points, 68 -> 21 by
-    `metrics.AFLW21_FROM_IBUG68`) per |yaw| bin and balanced. With extra_starts, the teacher is
-    re-run on 300W from the crop and Haar starts, and on AFLW dev from a Haar start."""
+    From the run-all file: 300W (51 points) all and dev; AFLW dev (19 points, 68 -> 21 by the
+    weights fitted on training faces, metrics.POINT_MAPS_FILE) per |yaw| bin and balanced.
+    With extra_starts, the teacher is re-run on 300W from the crop and Haar starts, and on
+    AFLW dev from a Haar start."""
     from . import metrics
 
     torch.set_num_threads(1)
@@ -339,7 +340,8 @@ def evaluate_teacher(
     def score_aflw(records: list[FaceRecord], points68: np.ndarray, label: str) -> None:
         labels = np.stack([r.landmarks for r in records])
         visible = np.stack([r.visible for r in records])
-        face_nme = metrics.nme_aflw(metrics.aflw21_from_ibug68(points68), labels, visible)
+        weights = metrics.teacher_aflw_weights(metrics.load_point_maps(), "tddfa68")
+        face_nme = metrics.nme_aflw(metrics.aflw21_from(points68, weights), labels, visible)
         summary = metrics.binned_nme(face_nme, np.array([r.yaw_deg for r in records]))
         lines.append(f"AFLW dev {label}: {summary.format()}")
         curves[f"AFLW dev, {label}"] = face_nme

@@ -289,3 +289,118 @@ def test_prewarm_never_touches_the_client_of_a_running_batch(fake_worker, photo,
     before = operators._CLIENT
     assert operators.prewarm_worker(bpy.context) is None
     assert operators._CLIENT is before
+
+
+class _WindowManager:
+    """Records what the modal operator asks of Blender's window manager."""
+
+    def __init__(self) -> None:
+        self.progress: list[int] = []
+        self.ended = False
+        self.removed_timers: list[object] = []
+
+    def progress_update(self, value: int) -> None:
+        self.progress.append(value)
+
+    def progress_end(self) -> None:
+        self.ended = True
+
+    def event_timer_remove(self, timer: object) -> None:
+        self.removed_timers.append(timer)
+
+
+class _Workspace:
+    def __init__(self) -> None:
+        self.status: list[str | None] = []
+
+    def status_text_set(self, text: str | None) -> None:
+        self.status.append(text)
+
+
+class _ModalContext:
+    """The parts of a windowed context the modal handler touches; scene and view layer are the
+    real ones, so a finished batch really builds."""
+
+    def __init__(self) -> None:
+        self.window_manager, self.workspace = _WindowManager(), _Workspace()
+        self.screen = None
+        self.scene, self.view_layer = bpy.context.scene, bpy.context.view_layer
+
+
+class _Event:
+    def __init__(self, type_: str, value: str = "NOTHING") -> None:
+        self.type, self.value = type_, value
+
+
+class _RunningOperator:
+    """Stands in for the operator instance Blender keeps while modal (bpy cannot construct
+    one outside an operator call): its methods are the operator's own, its properties the
+    defaults."""
+
+    modal = operators.PRN_OT_reconstruct_face.modal
+    _end_modal = operators.PRN_OT_reconstruct_face._end_modal
+    finish = operators.PRN_OT_reconstruct_face.finish
+    build = operators.PRN_OT_reconstruct_face.build
+
+    def __init__(self) -> None:
+        self.landmarks, self.add_camera = True, False
+        self.pose, self.mesh_resolution = "PHOTO", "1"
+        self._timer = object()
+        self.reports: list[tuple[str, str]] = []
+
+    def report(self, level: set[str], message: str) -> None:
+        self.reports.append((next(iter(level)), message))
+
+
+def _start_modal(photo: Path) -> tuple[_RunningOperator, _ModalContext]:
+    batch = operators.ReconstructionBatch(
+        operators.get_client(), [str(photo)], ReconstructOptions()).start()
+    operators._ACTIVE_BATCH = batch  # what execute() does before handing over to modal()
+    return _RunningOperator(), _ModalContext()
+
+
+def _run_timers(op: _RunningOperator, context: _ModalContext, limit_s: float = 30.0) -> set[str]:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        result = op.modal(context, _Event("TIMER"))
+        if result != {"RUNNING_MODAL"}:
+            return result
+        time.sleep(0.05)
+    raise AssertionError("the modal handler never finished")
+
+
+def test_modal_timer_updates_progress_and_builds_when_done(fake_worker, photo):
+    """Timer ticks: progress bar and status text follow the worker's progress; at the end the
+    face is built, the timer removed and the status bar and progress bar cleared."""
+    fake_worker("")
+    before = counts()
+    op, context = _start_modal(photo)
+    assert op.modal(context, _Event("MOUSEMOVE")) == {"PASS_THROUGH"}  # Blender keeps working
+    assert _run_timers(op, context) == {"FINISHED"}
+    assert counts()[0] > before[0] and bpy.context.view_layer.objects.active.name == "portrait"
+    assert context.window_manager.progress and context.window_manager.ended
+    assert context.window_manager.progress == sorted(context.window_manager.progress)
+    assert context.window_manager.removed_timers and op._timer is None
+    statuses = context.workspace.status
+    assert statuses[-1] is None and all("Esc to cancel" in s for s in statuses[:-1])
+    assert operators.active_batch() is None
+    assert op.reports[-1][0] == "INFO"
+
+
+def test_escape_cancels_the_modal_batch_and_nothing_is_built(fake_worker, photo):
+    """Esc while the worker runs: the batch is cancelled, nothing is added to the scene, and
+    the progress bar, timer and status text are cleaned up."""
+    fake_worker("slow")
+    before = counts()
+    op, context = _start_modal(photo)
+    deadline = time.monotonic() + 20
+    while op.modal(context, _Event("TIMER")) == {"RUNNING_MODAL"} and not any(
+            context.window_manager.progress) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(context.window_manager.progress)  # the worker is mid-way
+    assert op.modal(context, _Event("ESC", "PRESS")) == {"PASS_THROUGH"}
+    assert _run_timers(op, context, 10.0) == {"CANCELLED"}
+    assert counts() == before
+    assert ("WARNING", "Face reconstruction cancelled; nothing was added.") in op.reports
+    assert context.window_manager.ended and context.workspace.status[-1] is None
+    assert operators.active_batch() is None and op._timer is None

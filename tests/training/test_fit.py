@@ -108,13 +108,15 @@ def _record(set_name: str, labels: np.ndarray, visible: np.ndarray | None = None
 
 
 def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> None:
+    from prn_blender.core.geometry import bilinear_sample
     from prn_blender.training.metrics import (
         AFLW19_INDICES,
         IBUG68_NON_JAW,
-        aflw21_from_ibug68,
+        aflw21_from,
+        aflw_texel_table,
         nme,
     )
-    from prn_blender.training.targets import label_corrected_map
+    from prn_blender.training.targets import label_corrected_map, label_points
 
     layout = load_layout()
     r = layout.resolution
@@ -125,11 +127,12 @@ def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> N
     fitted = landmarks_from_position_map(pm, layout)
     rng = np.random.default_rng(0)
     truth = fitted[:, :2] * 1.08 - 7.0 + rng.normal(0, 1.0, (68, 2))  # the labeller's points
+    no_shift = np.zeros((21, 2))
 
     labels = truth.copy()
     labels[:17] += 30.0  # 300W's jaw is a silhouette convention: never pulled to
     labels[30] += 60.0  # a label error (far beyond 10 % of the face): ignored
-    out = label_corrected_map(pm, layout, _record("300w", labels))
+    out = label_corrected_map(pm, layout, label_points(_record("300w", labels), layout, no_shift))
     moved = landmarks_from_position_map(out, layout)
     inner = [i for i in IBUG68_NON_JAW if i != 30]
     before = nme(fitted[None, inner], truth[None, inner])[0]
@@ -140,32 +143,49 @@ def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> N
     np.testing.assert_array_equal(out[..., 2], pm[..., 2])
     assert np.isnan(out[~layout.face_mask]).all() and np.isfinite(out[layout.face_mask]).all()
 
-    aflw = aflw21_from_ibug68(truth[None])[0]
+    # AFLW: its points sit at their sources' texels shifted (here brows 3 texels down, nose
+    # wings 4 outwards); the labels are pulled there, not at the iBUG texels.
+    shift = no_shift.copy()
+    shift[:6] = [0.0, 3.0]
+    shift[13], shift[15] = [-4.0, 0.0], [4.0, 0.0]
+    shift[[12, 16]] = np.nan
+
+    def read21(position_map: np.ndarray, uv_shift: np.ndarray) -> np.ndarray:
+        texels, weights = aflw_texel_table(layout.landmark_texels, uv_shift)
+        points = bilinear_sample(position_map, texels, layout.face_mask)
+        return aflw21_from(points[None], weights)[0]
+
+    aflw = read21(pm, shift)[:, :2] * 1.08 - 7.0 + rng.normal(0, 1.0, (21, 2))
     visible = np.isfinite(aflw).all(axis=1)
     visible[7] = False  # an invisible eye centre is not a control, wherever its label is
     aflw[7] += [0.0, 8.0]
     aflw[10] = np.nan  # nor is an unlabelled one
     visible_nan = visible.copy()
     visible_nan[10] = True  # even when flagged visible
-    out = label_corrected_map(pm, layout, _record("aflw", aflw, visible_nan))
-    moved21 = aflw21_from_ibug68(landmarks_from_position_map(out, layout)[None])
-    fitted21 = aflw21_from_ibug68(fitted[None])
+    points = label_points(_record("aflw", aflw, visible_nan), layout, shift)
+    out = label_corrected_map(pm, layout, points)
     seen = tuple(i for i in AFLW19_INDICES if visible[i] and i != 10)
+    moved21, fitted21 = read21(out, shift)[None], read21(pm, shift)[None]
     assert nme(moved21, aflw[None], seen)[0] < 0.1 * nme(fitted21, aflw[None], seen)[0]
+    # Read at the unshifted (iBUG) texels, the brows and nose wings miss their labels.
+    unshifted = read21(out, no_shift)
+    for k in (1, 4, 13, 15):
+        assert np.linalg.norm(unshifted[k, :2] - aflw[k]) > 2.5, k
     # The invisible point stays where its neighbours take it, far from its moved label.
     assert np.linalg.norm(moved21[0, 7, :2] - aflw[7]) > 5.0
-    # UTKFace has no labels: the map is unchanged.
+    # UTKFace has no labels (and no pseudo-labels given): nothing to pull to.
     from prn_blender.training.faces import FaceRecord
 
     utk = FaceRecord("utkface", "u", "u.jpg", None, float("nan"), None, 200)
-    np.testing.assert_array_equal(label_corrected_map(pm, layout, utk), pm)
+    assert label_points(utk, layout, no_shift) is None
+    np.testing.assert_array_equal(label_corrected_map(pm, layout, None), pm)
 
 
 def test_label_correction_opens_an_eye_locally_without_distant_lobes() -> None:
     """Labels marking both eyes 8 px more open than the fit (lids 2 texels apart in UV): the
     lids follow, and the face a few texels away hardly moves (a single wide pass moved the
     lids only 1.4-2.0 px and texels 10 texels away by up to 10 px)."""
-    from prn_blender.training.targets import label_corrected_map
+    from prn_blender.training.targets import ibug_label_points, label_corrected_map
 
     layout = load_layout()
     r = layout.resolution
@@ -177,7 +197,7 @@ def test_label_correction_opens_an_eye_locally_without_distant_lobes() -> None:
     labels = fitted.copy()
     labels[upper, 1] -= 4.0
     labels[lower, 1] += 4.0
-    out = label_corrected_map(pm, layout, _record("300w", labels))
+    out = label_corrected_map(pm, layout, ibug_label_points(layout, labels))
     moved = landmarks_from_position_map(out, layout)[:, :2] - fitted
     assert (moved[upper, 1] < -3.0).all() and (moved[lower, 1] > 3.0).all()
     others = np.delete(np.arange(68), upper + lower)
@@ -194,7 +214,11 @@ def test_unlabelled_faces_take_mediapipe_68_as_labels_up_to_40_degrees_yaw() -> 
     turns at most 40 degrees; labelled sets, turned heads and missed faces are left alone."""
     from prn_blender.training.faces import FaceRecord
     from prn_blender.training.metrics import IBUG68_NON_JAW, load_point_maps, nme
-    from prn_blender.training.targets import label_corrected_map, pseudo_labels
+    from prn_blender.training.targets import (
+        ibug_label_points,
+        label_corrected_map,
+        pseudo_labels,
+    )
     from tests.core.conftest import pose_ict_neutral
 
     layout = load_layout()
@@ -211,8 +235,8 @@ def test_unlabelled_faces_take_mediapipe_68_as_labels_up_to_40_degrees_yaw() -> 
         if pseudo is None:
             continue
         np.testing.assert_array_equal(pseudo, truth)
-        moved = landmarks_from_position_map(label_corrected_map(pm, layout, utk, pseudo),
-                                            layout)
+        moved = landmarks_from_position_map(
+            label_corrected_map(pm, layout, ibug_label_points(layout, pseudo)), layout)
         inner = list(IBUG68_NON_JAW)
         before = nme(fitted[None, inner], truth[None, inner])[0]
         assert nme(moved[None, inner], truth[None, inner])[0] < 0.1 * before

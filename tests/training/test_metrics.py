@@ -103,3 +103,32 @@ def test_ced_png_has_one_coloured_curve_per_method(tmp_path):
     assert not np.all(np.abs(bgr.astype(int) - metrics._CURVE_COLOURS_BGR[2]) <= 10, axis=-1).any()
     # Black axis frame at the plot's left edge.
     assert (bgr[200, 70] < 50).all()
+
+
+def test_aflw_texel_table_shifts_each_points_sources_and_averages_them():
+    texels68 = np.stack([np.arange(68.0), 100.0 + np.arange(68.0)], axis=1)
+    shift = np.zeros((21, 2))
+    shift[1] = [2.0, 3.0]  # left brow centre = iBUG 19
+    shift[7] = [0.0, -1.0]  # left eye centre = mean of iBUG 37, 38, 40, 41
+    texels, weights = metrics.aflw_texel_table(texels68, shift)
+    points = np.concatenate([texels, np.zeros((len(texels), 1))], axis=1)[None]
+    aflw21 = metrics.aflw21_from(points, weights)[0]
+    np.testing.assert_allclose(aflw21[1, :2], texels68[19] + [2.0, 3.0])
+    eye_centre = texels68[[37, 38, 40, 41]].mean(0)
+    np.testing.assert_allclose(aflw21[7, :2], eye_centre + np.array([0.0, -1.0]))
+    np.testing.assert_allclose(aflw21[20, :2], texels68[8])  # chin, unshifted
+    assert np.isnan(aflw21[list(faces.AFLW_EAR_INDICES)]).all()
+    assert len(texels) == sum(len(s) for s in metrics.AFLW21_FROM_IBUG68)
+
+
+def test_teacher_aflw_weights_pick_and_combine_teacher_points():
+    maps = {"aflw_from_mediapipe478": [5] * 21, "aflw_from_tddfa68": [[1 / 68] * 68] * 21}
+    maps["aflw_from_mediapipe478"][12] = maps["aflw_from_tddfa68"][16] = None
+    mp = np.random.default_rng(0).normal(size=(2, 478, 2))
+    out = metrics.aflw21_from(mp, metrics.teacher_aflw_weights(maps, "mediapipe478"))
+    np.testing.assert_allclose(out[:, 0], mp[:, 5])
+    assert np.isnan(out[:, 12]).all() and np.isfinite(out[:, 13]).all()
+    tddfa = mp[:, :68]
+    out = metrics.aflw21_from(tddfa, metrics.teacher_aflw_weights(maps, "tddfa68"))
+    np.testing.assert_allclose(out[:, 3], tddfa.mean(axis=1))
+    assert np.isnan(out[:, 16]).all()
