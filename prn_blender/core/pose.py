@@ -40,9 +40,9 @@ def umeyama_similarity(
     """Least-squares similarity without reflection (Umeyama 1991): target ~ s R source + t,
     optionally with per-point weights (the weighted means and covariance of the same solution).
 
-    source, target: (N, 3) corresponding points (rows with a non-finite value or a zero weight
-    are ignored); weights: (N,) >= 0 or None.
-    Returns (s, R (3, 3) float64 with det +1, t (3,) float64)."""
+    source, target: (N, D) corresponding points, D = 3 (or 2 for the image plane; rows with a
+    non-finite value or a zero weight are ignored); weights: (N,) >= 0 or None.
+    Returns (s, R (D, D) float64 with det +1, t (D,) float64)."""
     src = np.asarray(source, dtype=np.float64)
     dst = np.asarray(target, dtype=np.float64)
     ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
@@ -65,9 +65,9 @@ def umeyama_similarity(
         cov = (xd * w[:, None]).T @ xs
         var_s = float((w * (xs**2).sum(axis=1)).sum())
     u, sigma, vt = np.linalg.svd(cov)
-    d = np.ones(3)
+    d = np.ones(src.shape[1])
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2] = -1.0
+        d[-1] = -1.0
     rotation = (u * d) @ vt
     scale = float((sigma * d).sum() / max(var_s, 1e-12))
     translation = mu_d - scale * rotation @ mu_s

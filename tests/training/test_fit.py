@@ -140,7 +140,10 @@ def test_label_correction_pulls_the_target_landmarks_onto_the_hand_labels() -> N
     assert before > 0.025 and after < 0.1 * before
     assert np.abs(moved[:17, :2] - truth[:17]).max() < 12.0  # jaw follows its neighbours only
     assert abs(moved[30, 1] - labels[30, 1]) > 40.0
-    np.testing.assert_array_equal(out[..., 2], pm[..., 2])
+    # Depth only follows the similarity's scale (the labels are the face 1.08x as large).
+    ratio = out[..., 2][layout.face_mask & (pm[..., 2] > 1)] / pm[..., 2][
+        layout.face_mask & (pm[..., 2] > 1)]
+    assert abs(ratio.mean() - 1.08) < 0.01 and np.ptp(ratio) < 1e-4
     assert np.isnan(out[~layout.face_mask]).all() and np.isfinite(out[layout.face_mask]).all()
 
     # AFLW: its points sit at their sources' texels shifted (here brows 3 texels down, nose
@@ -246,3 +249,32 @@ def test_unlabelled_faces_take_mediapipe_68_as_labels_up_to_40_degrees_yaw() -> 
         assert pseudo_labels(utk, pm, layout, None, mp68) is None
         w300 = _record("300w", truth)
         assert pseudo_labels(w300, pm, layout, mediapipe, mp68) is None
+
+
+def test_label_correction_first_moves_the_whole_face_onto_the_labels() -> None:
+    """Labels that are the fitted face turned 4 degrees, scaled 1.03x and shifted (as a fit
+    that sits off the labels as a whole): the whole corrected map, far from any landmark
+    too, becomes that transformed face, with its depth scaled alike."""
+    from prn_blender.training.targets import ibug_label_points, label_corrected_map
+
+    layout = load_layout()
+    r = layout.resolution
+    rows, cols = np.mgrid[0:r, 0:r].astype(np.float32)
+    pm = np.stack([cols, rows, 0.01 * ((cols - 128) ** 2 + (rows - 128) ** 2)], axis=-1)
+    pm[~layout.face_mask] = np.nan
+    a = np.deg2rad(4.0)
+    rot = 1.03 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    shift = np.array([2.5, -1.5])
+    labels = landmarks_from_position_map(pm, layout)[:, :2] @ rot.T + shift
+    out = label_corrected_map(pm, layout, ibug_label_points(layout, labels))
+    expected = pm[..., :2] @ rot.T + shift
+    face = layout.face_mask
+    assert np.abs(out[face, :2] - expected[face]).max() < 0.05
+    np.testing.assert_allclose(out[face, 2], 1.03 * pm[face, 2], rtol=1e-4)
+    # Too few label points for a similarity: only the local correction, near them.
+    few = ibug_label_points(layout, labels)
+    few = type(few)(few.texels[:3], few.group[:3], few.labels[:3])
+    out = label_corrected_map(pm, layout, few)
+    far = face & (np.hypot(cols - few.texels[:, :1].mean(), rows - few.texels[:, 1:].mean())
+                  > 60)
+    np.testing.assert_allclose(out[far], pm[far], atol=1e-3)
