@@ -95,6 +95,19 @@ def test_umeyama_recovers_a_similarity_and_weights_ignore_outliers():
         umeyama_similarity(source[:5], target[:5], np.r_[0.0, 0.0, 0.0, 1.0, 1.0])
 
 
+def test_umeyama_works_in_the_image_plane_without_reflection():
+    rng = np.random.default_rng(2)
+    source = rng.normal(size=(20, 2))
+    a = np.deg2rad(-7.0)
+    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    scale, r, t = umeyama_similarity(source, 1.1 * source @ rotation.T + [3.0, -1.0])
+    assert scale == pytest.approx(1.1, abs=1e-9) and r.shape == (2, 2)
+    np.testing.assert_allclose(r, rotation, atol=1e-9)
+    np.testing.assert_allclose(t, [3.0, -1.0], atol=1e-9)
+    _, r, _ = umeyama_similarity(source, source * [-1.0, 1.0])
+    assert np.linalg.det(r) == pytest.approx(1.0)
+
+
 def test_estimate_pose_ignores_nan_vertices(synthetic_layout):
     face = pose_ict_neutral(synthetic_layout, -15.0, 5.0, 0.0)
     vertices = position_map_to_vertices(face.position_map, synthetic_layout)
