@@ -144,18 +144,6 @@ def stored_aflw_uv_shift(layout_id: str) -> np.ndarray:
                     dtype=np.float64)
 
 
-def aflw21_from_ibug68(points68: np.ndarray) -> np.ndarray:
-    """(N, 68, C) iBUG points -> (N, 21, C) AFLW points via `AFLW21_FROM_IBUG68` (the starting
-    point of the fitted mappings); the two ear rows are NaN."""
-    weights = np.zeros((21, 68))
-    for row, sources in enumerate(AFLW21_FROM_IBUG68):
-        if sources:
-            weights[row, list(sources)] = 1.0 / len(sources)
-        else:
-            weights[row] = np.nan
-    return aflw21_from(points68, weights)
-
-
 def aflw21_from(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(N, K, C) a predictor's points -> (N, 21, C) AFLW points, row a = weights[a] @ points
     (weights (21, K); a NaN row, the ears, gives NaN)."""

@@ -18,8 +18,10 @@ third or fourth pass is worse: balanced NME 5.14 / 5.10 / 5.14 / 5.22 % after pa
 Measured (`evaluate`, metrics.py definitions): 300W, 51 non-jaw points, start from the labels:
 all 1,531 2.87 %, dev 300 2.86 % (68 points 3.63 %; one pass 3.67 % / 2.92 %, as CONTENTS.md);
 label-free Haar start (found on 91 %, whole crop otherwise): all 3.05 %, dev 3.26 %. AFLW dev
-(19 points via `metrics.AFLW21_FROM_IBUG68`), whole-crop start: 4.68 / 5.03 / 5.60 % in the
-|yaw| bins, balanced 5.10 % (part of it is convention: iBUG vs AFLW brows, nose wings, chin).
+(19 points), whole-crop start: through the iBUG means of `metrics.AFLW21_FROM_IBUG68` 4.68 /
+5.03 / 5.60 % in the |yaw| bins, balanced 5.10 % (part of it is convention: iBUG vs AFLW brows,
+nose wings, chin); through the mapping fitted on training faces (point_maps.py, session 6)
+4.00 / 4.23 / 4.77 %, balanced 4.33 %.
 
     python -m prn_blender.training.tddfa run-all    # every face set -> cache/teachers/tddfa68.npz
     python -m prn_blender.training.tddfa evaluate   # NME against 300W / AFLW hand labels

@@ -63,15 +63,16 @@ def test_face_without_evaluated_points_is_nan():
     assert np.isnan(metrics.nme_aflw(np.zeros((1, 21, 2)), labels, np.zeros((1, 21), bool)))
 
 
-def test_aflw21_from_ibug68_takes_named_points_and_means():
-    points68 = np.arange(68 * 3, dtype=np.float64).reshape(1, 68, 3)
-    aflw21 = metrics.aflw21_from_ibug68(points68)
-    assert aflw21.shape == (1, 21, 3)
-    np.testing.assert_allclose(aflw21[0, 0], points68[0, 17])  # left brow left = iBUG 17
-    np.testing.assert_allclose(aflw21[0, 14], points68[0, 30])  # nose centre = tip
-    np.testing.assert_allclose(aflw21[0, 7], points68[0, [37, 38, 40, 41]].mean(0))
-    np.testing.assert_allclose(aflw21[0, 20], points68[0, 8])  # chin
-    assert np.isnan(aflw21[0, list(faces.AFLW_EAR_INDICES)]).all()
+def test_aflw_points_without_shift_are_the_named_ibug_points_and_means():
+    points68 = np.arange(68 * 2, dtype=np.float64).reshape(68, 2)
+    texels, weights = metrics.aflw_texel_table(points68, np.zeros((21, 2)))
+    aflw21 = metrics.aflw21_from(texels[None], weights)[0]
+    assert aflw21.shape == (21, 2)
+    np.testing.assert_allclose(aflw21[0], points68[17])  # left brow left = iBUG 17
+    np.testing.assert_allclose(aflw21[14], points68[30])  # nose centre = tip
+    np.testing.assert_allclose(aflw21[7], points68[[37, 38, 40, 41]].mean(0))
+    np.testing.assert_allclose(aflw21[20], points68[8])  # chin
+    assert np.isnan(aflw21[list(faces.AFLW_EAR_INDICES)]).all()
 
 
 def test_binned_nme_means_per_bin_and_balanced():
