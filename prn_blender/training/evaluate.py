@@ -225,10 +225,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
 
     if args.fit_point_maps or not POINT_MAPS_FILE.is_file():
         from .faces import DEFAULT_SHARED_DIR
-        from .point_maps import fit_point_maps
+        from .point_maps import write_point_maps
 
-        maps = fit_point_maps(args.teachers, Path(DEFAULT_SHARED_DIR))
-        POINT_MAPS_FILE.write_text(json.dumps(maps, indent=1) + "\n")
+        write_point_maps(args.teachers, Path(DEFAULT_SHARED_DIR))
     maps = load_point_maps()
     layout = load_layout()
     model = PRNet()
@@ -270,13 +269,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
         mpf = np.load(mp_path, allow_pickle=False)
         midx = {str(n): i for i, n in enumerate(mpf["names"])}
         mp_rows = [midx[r.name] for r in records]
-        mp478 = mpf["points"][mp_rows]  # NaN when missed
-        if set_name == "300w":
-            tdd_points, mp_points = tdd, mp478[:, maps["mediapipe68"]]
-        else:
-            tdd_points = metrics.aflw21_from(tdd, metrics.teacher_aflw_weights(maps, "tddfa68"))
-            mp_points = metrics.aflw21_from(mp478,
-                                            metrics.teacher_aflw_weights(maps, "mediapipe478"))
+        tdd_points, mp_points = metrics.teacher_label_points(
+            maps, set_name, tdd, mpf["points"][mp_rows])  # MediaPipe NaN when missed
         report[set_name] = {
             "ours": run(images, boxes, set_name),
             **({PRODUCT_ROW: product(images, boxes, set_name)} if product is not None else {}),

@@ -166,6 +166,17 @@ def teacher_aflw_weights(point_maps: dict, teacher: str) -> np.ndarray:
     return weights
 
 
+def teacher_label_points(point_maps: dict, set_name: str, tddfa68: np.ndarray,
+                         mediapipe478: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both teachers' points in a dev set's label order: (3DDFA-V2, MediaPipe), each (N, 68,
+    C) for "300w" (MediaPipe through "mediapipe68") or (N, 21, C) for "aflw" (the fitted AFLW
+    mappings). NaN MediaPipe rows (missed faces) stay NaN."""
+    if set_name == "300w":
+        return tddfa68, mediapipe478[:, point_maps["mediapipe68"]]
+    return (aflw21_from(tddfa68, teacher_aflw_weights(point_maps, "tddfa68")),
+            aflw21_from(mediapipe478, teacher_aflw_weights(point_maps, "mediapipe478")))
+
+
 def aflw_texel_table(landmark_texels: np.ndarray, uv_shift: list | np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Our layout's AFLW points as texels: ((M, 2) texel positions (x, y), (21, M) weights

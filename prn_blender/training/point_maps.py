@@ -234,3 +234,12 @@ def fit_point_maps(teachers: Path, shared: Path) -> dict:
         "aflw_from_tddfa68": fit_aflw_from_tddfa68(teachers),
         "aflw_from_mediapipe478": fit_aflw_from_mediapipe478(teachers),
     }
+
+
+def write_point_maps(teachers: Path, shared: Path) -> None:
+    """`fit_point_maps` into metrics.POINT_MAPS_FILE."""
+    import json
+
+    from .metrics import POINT_MAPS_FILE
+
+    POINT_MAPS_FILE.write_text(json.dumps(fit_point_maps(teachers, shared), indent=1) + "\n")

@@ -55,7 +55,6 @@ def shard_landmarks(shards: Path, layout: UVLayout) -> dict[str, dict[str, np.nd
 def _teacher_points(teachers: Path, set_name: str, names: list[str]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(3DDFA-V2, MediaPipe with NaN where it missed), (M, 68 or 21, 2) in the set's order."""
-    maps = load_point_maps()
     with np.load(teachers / "tddfa68.npz", allow_pickle=False) as t:
         index = {str(n): i for i, n in enumerate(t[f"{set_name}_names"])}
         tddfa = t[f"{set_name}_landmarks"][[index[n] for n in names]][:, :, :2]
@@ -67,10 +66,7 @@ def _teacher_points(teachers: Path, set_name: str, names: list[str]
             rows = np.array([index[n] for n in names])
             found = m["detected"][rows].astype(bool)
             mp478[found] = m["points"][rows][found][:, :, :2]
-    if set_name == "300w":
-        return tddfa, mp478[:, maps["mediapipe68"]]
-    return (metrics.aflw21_from(tddfa, metrics.teacher_aflw_weights(maps, "tddfa68")),
-            metrics.aflw21_from(mp478, metrics.teacher_aflw_weights(maps, "mediapipe478")))
+    return metrics.teacher_label_points(load_point_maps(), set_name, tddfa, mp478)
 
 
 def targets_report(shards: Path, teachers: Path) -> dict[str, dict[str, dict[str, float]]]:

@@ -31,7 +31,7 @@ from ..core.geometry import (
     position_map_to_vertices,
 )
 from ..core.layout import UVLayout
-from ..core.pose import estimate_pose
+from ..core.pose import estimate_pose, umeyama_similarity
 from .faces import FACE_SETS, FaceRecord, dev_names, iter_jpeg_bytes, load_face_set
 from .fit import (
     ICT_TO_PM,
@@ -113,7 +113,6 @@ def mediapipe_correspondences(
     its closest point on the ICT face polygons. Returns (mediapipe indices (P,), ICT vertex ids
     (P, 3), barycentric (P, 3), distance cm (P,)) for the points within
     `MEDIAPIPE_MAX_DISTANCE_CM`."""
-    from ..core.pose import umeyama_similarity
     from .make_layout import closest_points_on_triangles
 
     canonical = read_obj_vertices(shared / "data" / "mediapipe" / "canonical_face_model.obj")
@@ -351,8 +350,6 @@ def label_aligned_map(position_map: np.ndarray, layout: UVLayout,
     landmarks that the network smoothed away: its landmarks inherited the offset (300W dev,
     session-5 weights: -0.6 / -0.7 %). Label points beyond LABEL_CORRECTION_MAX of the face
     diagonal are ignored; fewer than LABEL_ALIGN_MIN_POINTS left: unchanged."""
-    from ..core.pose import umeyama_similarity
-
     fitted = points.read(position_map, layout)
     diagonal = float(np.linalg.norm(np.nanmax(fitted, axis=0) - np.nanmin(fitted, axis=0)))
     residual = np.linalg.norm(points.labels - fitted, axis=1)
@@ -516,15 +513,13 @@ def ensure_point_maps(shared: Path, cache: Path) -> None:
     """Fit metrics.POINT_MAPS_FILE on the training faces when it lacks the AFLW texel shifts
     for this layout (the targets pull AFLW's labels there)."""
     from ..core.layout import load_layout
-    from .metrics import POINT_MAPS_FILE
-    from .point_maps import fit_point_maps
+    from .point_maps import write_point_maps
 
     try:
         stored_aflw_uv_shift(load_layout().layout_id)
     except RuntimeError:
         print("fitting the point mappings (AFLW texel shifts) on the training faces ...")
-        POINT_MAPS_FILE.write_text(json.dumps(fit_point_maps(cache / "teachers", shared),
-                                              indent=1) + "\n")
+        write_point_maps(cache / "teachers", shared)
 
 
 def targets_stamp(cache: Path, jobs: list[tuple[str, int, list[str], str]]) -> dict:
