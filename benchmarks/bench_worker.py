@@ -103,12 +103,17 @@ def main() -> int:
         c.reconstruct(path, default)  # first job: caches (cascades, layout tables)
         box = tuple(float(v) for v in c.reconstruct(path, default)[0].box)
         rows = [
-            ("detect (YuNet) + refine + 1024 texture", default),
+            ("detect (YuNet) + refine + 1024 texture (defaults)", default),
+            ("detect (YuNet) + refine, no rotation average, 1024 texture",
+             ReconstructOptions(rotation_average_deg=0.0)),
             ("detect (YuNet), no refine, 1024 texture", ReconstructOptions(refine=False)),
-            ("detect (YuNet) + refine, no mirror average/fill, 1024 texture",
-             ReconstructOptions(mirror_average=False, mirror_fill=False)),
+            ("detect (YuNet) + refine, no mirror/rotation average, no mirror fill, 1024 texture",
+             ReconstructOptions(mirror_average=False, rotation_average_deg=0.0,
+                                mirror_fill=False)),
             ("given box, no refine, 1024 texture",
              ReconstructOptions(refine=False, boxes=(box,))),
+            ("given box, no refine, no rotation average, 1024 texture",
+             ReconstructOptions(refine=False, rotation_average_deg=0.0, boxes=(box,))),
             ("given box, no refine, 256 texture",
              ReconstructOptions(refine=False, boxes=(box,), texture_size=256)),
         ]

@@ -29,7 +29,12 @@ from bpy.props import (
 )
 from bpy_extras.io_utils import ImportHelper
 
-from ..core.options import SMOOTHING_TEXELS, FaceSelection, ReconstructOptions
+from ..core.options import (
+    ROTATION_AVERAGE_DEG,
+    SMOOTHING_TEXELS,
+    FaceSelection,
+    ReconstructOptions,
+)
 from ..core.result import FaceResult
 from ..errors import CancelledError, PhotoError, PrnError, WorkerError
 from ..inference.client import WorkerClient
@@ -304,12 +309,18 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
                     "network's output (0 = the raw output); the landmarks sit on the "
                     "smoothed surface",
         default=SMOOTHING_TEXELS, min=0.0, max=8.0, step=25, precision=2)
+    averaging: BoolProperty(
+        name="Average Views",
+        description="Also run the network on mirrored and slightly turned copies of the face "
+                    "and average the surfaces: closer landmarks and shape, about six times the "
+                    "network time (off: a quick preview)",
+        default=True)
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.use_property_split = True
         for name in ("texture_size", "faces", "mirror_fill", "occlusion_mask", "landmarks",
-                     "pose", "add_camera", "mesh_resolution", "smoothing"):
+                     "pose", "add_camera", "mesh_resolution", "smoothing", "averaging"):
             layout.prop(self, name)
 
     def reconstruct_options(self, context: bpy.types.Context) -> ReconstructOptions:
@@ -320,6 +331,9 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
         return ReconstructOptions(faces=FaceSelection(self.faces), texture_size=texture_size,
                                   occlusion_mask=self.occlusion_mask,
                                   mirror_fill=self.mirror_fill,
+                                  mirror_average=self.averaging,
+                                  rotation_average_deg=ROTATION_AVERAGE_DEG if self.averaging
+                                  else 0.0,
                                   smoothing=float(self.smoothing))
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:

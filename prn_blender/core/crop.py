@@ -66,6 +66,18 @@ def crop_from_similarity(
     return CropTransform(np.column_stack([rot, t]), k, resolution)
 
 
+def rotated_crop(transform: CropTransform, angle_deg: float) -> CropTransform:
+    """The same crop turned by `angle_deg` about its centre (sign as in `crop_from_similarity`:
+    positive = the content appears rotated counter-clockwise on screen); same scale and side.
+    Test-time rotation averaging runs the network on such crops of one face."""
+    c = (transform.resolution - 1) / 2.0
+    a = np.deg2rad(angle_deg)
+    turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    matrix = turn @ transform.matrix
+    matrix[:, 2] += c - turn @ np.array([c, c])
+    return CropTransform(matrix, transform.scale, transform.resolution)
+
+
 def box_center_side(
     box: np.ndarray | tuple[float, ...], convention: CropConvention = LANDMARK_BOX
 ) -> tuple[np.ndarray, float]:

@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..core.options import SMOOTHING_TEXELS, Detector, FaceSelection, ReconstructOptions
+from ..core.options import (
+    ROTATION_AVERAGE_DEG,
+    SMOOTHING_TEXELS,
+    Detector,
+    FaceSelection,
+    ReconstructOptions,
+)
 from ..errors import PrnError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
@@ -79,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the passes that re-crop from the predicted landmarks")
     rec.add_argument("--no-mirror-average", action="store_true",
                      help="run each crop once, not also mirrored (about half the network time)")
+    rec.add_argument("--rotation-average", type=float, default=ROTATION_AVERAGE_DEG,
+                     metavar="DEGREES",
+                     help="also run each crop turned by -/+ this angle and average the surfaces "
+                          f"(default {ROTATION_AVERAGE_DEG:g}; 0 = off, a third of the network "
+                          "time)")
     rec.add_argument("--smoothing", type=float, default=SMOOTHING_TEXELS, metavar="TEXELS",
                      help="Gaussian smoothing of the surface, sigma in network output texels "
                           f"(default {SMOOTHING_TEXELS:g}; 0 = the network's raw output)")
@@ -154,7 +165,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             texture_size=args.texture_size, occlusion_mask=args.occlusion_mask,
             mirror_fill=not args.no_mirror_fill,
             detector=Detector(args.detector), yunet_model=args.yunet, refine=not args.no_refine,
-            mirror_average=not args.no_mirror_average, smoothing=args.smoothing)
+            mirror_average=not args.no_mirror_average,
+            rotation_average_deg=args.rotation_average, smoothing=args.smoothing)
     except ValueError as error:
         _error_line(str(error))
         return EXIT_FAILED

@@ -27,6 +27,7 @@ from ..core.crop import (
     CropTransform,
     crop_from_box,
     crop_from_landmarks,
+    rotated_crop,
     uncrop_position_map,
 )
 from ..core.crop import warp_photo_to_crop as _warp
@@ -169,8 +170,9 @@ class Reconstructor:
         report(0.3, f"Reconstructing {len(tight)} face{'s' if len(tight) > 1 else ''}")
         r = self.layout.resolution
         mirror = options.mirror_average and self.layout.is_mirror_symmetric
+        turn = options.rotation_average_deg
         maps = self._predict(photo, [crop_from_box(box, LANDMARK_BOX, r) for box in tight],
-                             mirror)
+                             mirror, turn)
         if options.refine:
             # Each pass re-crops from the last one's landmarks; the result is the mean of the
             # last two refined surfaces (same texels, photo px), see REFINE_PASSES.
@@ -182,7 +184,7 @@ class Reconstructor:
                 redo = [i for i, crop in enumerate(refined) if crop is not None]
                 if not redo:
                     break
-                again = self._predict(photo, [refined[i][1] for i in redo], mirror)
+                again = self._predict(photo, [refined[i][1] for i in redo], mirror, turn)
                 for i, pm in zip(redo, again, strict=True):
                     maps[i], tight[i] = pm, refined[i][0]
                     refined_maps[i].append(pm)
@@ -208,12 +210,19 @@ class Reconstructor:
         return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
     def _predict(self, photo: np.ndarray, transforms: list[CropTransform],
-                 mirror_average: bool = False) -> list[np.ndarray]:
-        """Position maps in photo pixels, one per crop."""
+                 mirror_average: bool = False, rotation_deg: float = 0.0) -> list[np.ndarray]:
+        """Position maps in photo pixels, one per crop. `rotation_deg` > 0 also runs each crop
+        turned by -/+ that angle about its centre (one batch) and returns the mean of the three
+        surfaces, each uncropped to the photo first (see ReconstructOptions)."""
+        turns = (0.0, -rotation_deg, rotation_deg) if rotation_deg > 0 else (0.0,)
+        views = [rotated_crop(t, a) if a else t for t in transforms for a in turns]
         # Reflected borders, as in training: crops never show black edges.
-        crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in transforms])
+        crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in views])
         maps = self._forward(crops, mirror_average)
-        return [uncrop_position_map(pm, t) for pm, t in zip(maps, transforms, strict=True)]
+        photo_maps = [uncrop_position_map(pm, t) for pm, t in zip(maps, views, strict=True)]
+        k = len(turns)
+        return [np.mean(photo_maps[i * k : (i + 1) * k], axis=0, dtype=np.float32)
+                for i in range(len(transforms))]
 
     def _refined_crop(self, position_map: np.ndarray, box: np.ndarray
                       ) -> tuple[np.ndarray, CropTransform] | None:

@@ -11,6 +11,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 from prn_blender.blender import operators, panel, preferences, scene, worker_env  # noqa: E402
+from prn_blender.core.options import ROTATION_AVERAGE_DEG  # noqa: E402
 from prn_blender.errors import DependencyError  # noqa: E402
 
 
@@ -107,16 +108,20 @@ def test_texture_size_preference_is_the_operator_default():
     prefs.texture_size = 2048
     try:
         op = SimpleNamespace(texture_size=1024, faces="all", occlusion_mask=True, smoothing=0.5,
-                             mirror_fill=False,
+                             mirror_fill=False, averaging=True,
                              properties=SimpleNamespace(is_property_set=lambda name: False))
         options = operators.PRN_OT_reconstruct_face.reconstruct_options(op, bpy.context)
         op.properties = SimpleNamespace(is_property_set=lambda name: True)
+        op.averaging = False
         explicit = operators.PRN_OT_reconstruct_face.reconstruct_options(op, bpy.context)
     finally:
         prefs.texture_size = saved
     assert options.texture_size == 2048 and explicit.texture_size == 1024
     assert options.faces == "all" and options.occlusion_mask and options.smoothing == 0.5
     assert not options.mirror_fill
+    # "Average Views" switches both test-time averages together.
+    assert options.mirror_average and options.rotation_average_deg == ROTATION_AVERAGE_DEG > 0
+    assert not explicit.mirror_average and explicit.rotation_average_deg == 0.0
 
 
 def test_venv_commands_use_pip_with_the_pinned_requirements(tmp_path):

@@ -14,6 +14,7 @@ from prn_blender.core.crop import (
     crop_from_similarity,
     crop_points,
     official_crop_from_box,
+    rotated_crop,
     uncrop_points,
     uncrop_position_map,
     warp_photo_to_crop,
@@ -55,6 +56,25 @@ def test_positive_angle_turns_the_crop_content_counter_clockwise():
     # A point to the right of the centre in the photo appears above the centre in the crop.
     point = crop_points(np.array([[60.0, 50.0]]), transform)[0]
     np.testing.assert_allclose(point, [49.5, 39.5], atol=1e-4)
+
+
+def test_rotated_crop_is_the_same_crop_taken_at_the_added_angle():
+    """Turning the axis-aligned crop of a box about its centre equals taking it at that angle,
+    and keeps its scale; turning back restores it."""
+    plain = crop_from_similarity((180.0, 150.0), 240.0, 0.0)
+    for angle in (15.0, -15.0, 40.0):
+        turned = rotated_crop(plain, angle)
+        direct = crop_from_similarity((180.0, 150.0), 240.0, angle)
+        np.testing.assert_allclose(turned.matrix, direct.matrix, atol=1e-9)
+        assert turned.scale == plain.scale and turned.resolution == plain.resolution
+        np.testing.assert_allclose(rotated_crop(turned, -angle).matrix, plain.matrix, atol=1e-9)
+    # Of an already rolled crop: the angles add, the photo centre stays on the crop centre.
+    rolled = crop_from_similarity((180.0, 150.0), 240.0, 10.0)
+    np.testing.assert_allclose(rotated_crop(rolled, 15.0).matrix,
+                               crop_from_similarity((180.0, 150.0), 240.0, 25.0).matrix,
+                               atol=1e-9)
+    np.testing.assert_allclose(crop_points(np.array([[180.0, 150.0]]), rotated_crop(rolled, 15.0)),
+                               [[127.5, 127.5]], atol=1e-4)
 
 
 @pytest.mark.parametrize("angle_deg", [0.0, 17.0, -45.0])
