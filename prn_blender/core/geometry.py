@@ -178,10 +178,14 @@ def surface_roughness(position_map: np.ndarray, mask: np.ndarray) -> float:
 def landmarks_from_position_map(
     position_map: np.ndarray, layout: UVLayout,
     which: Literal["calibrated", "ict"] = "calibrated",
+    texels: np.ndarray | None = None,
 ) -> np.ndarray:
     """(68, 3) landmarks read from the position map (iBUG order). "calibrated" = the
-    benchmark-compatible set the product reports; "ict" = ICT's own 68 vertices."""
-    texels = layout.landmark_texels if which == "calibrated" else layout.ict_landmark_texels
+    benchmark-compatible set the product reports; "ict" = ICT's own 68 vertices; `texels`
+    (68, 2), when given, overrides both (a weights file's fitted readout,
+    `WeightsInfo.landmark_texels`)."""
+    if texels is None:
+        texels = layout.landmark_texels if which == "calibrated" else layout.ict_landmark_texels
     return bilinear_sample(position_map, texels, layout.face_mask)
 
 

@@ -44,7 +44,7 @@ from ..core.texture import (
     upsample_position_map,
     visibility_mask,
 )
-from ..errors import NoFaceFoundError, PhotoError
+from ..errors import NoFaceFoundError, PhotoError, WeightsError
 from ..net.device import configure_threads
 from ..net.prnet import predict_at
 from ..net.weights import WeightsInfo, default_weights_path, load_prnet
@@ -95,6 +95,13 @@ class Reconstructor:
         )
         self.device: torch.device = next(self.model.parameters()).device
         self._uvs = mesh_uvs(self.layout)
+        # Where these weights put the 68 landmarks (fitted on training faces), else the layout's.
+        fitted = self.weights_info.landmark_texels
+        self.landmark_texels: np.ndarray = (
+            np.asarray(fitted, np.float64) if fitted is not None else self.layout.landmark_texels)
+        if self.landmark_texels.shape != (68, 2):
+            raise WeightsError(f"'{self.weights_path.name}' has a damaged landmark readout "
+                               f"(shape {self.landmark_texels.shape}); re-export the weights.")
         if not self.trained:
             warnings.warn(
                 f"UNTRAINED WEIGHTS: '{self.weights_path.name}' holds an untrained network; "
@@ -229,6 +236,7 @@ class Reconstructor:
         """(tight box, crop) from the predicted 68 landmarks (box through REFINE_TO_LANDMARKS;
         crop upright when the face is rolled, core.crop.crop_from_landmarks, roll from the
         head pose), or None when the box is not plausible next to the first one."""
+        # The layout's texels, not a fitted readout: REFINE_TO_LANDMARKS was measured on them.
         lm = landmarks_from_position_map(position_map, self.layout)[:, :2]
         if not np.isfinite(lm).all():
             return None
@@ -275,7 +283,8 @@ class Reconstructor:
             texture_mask=mask,
             # From the surface the artist gets, so the empties sit on the mesh (and, measured
             # on the dev faces, slightly closer to the labels: options.SMOOTHING_TEXELS).
-            landmarks=landmarks_from_position_map(pm, layout).astype(np.float32),
+            landmarks=landmarks_from_position_map(pm, layout, texels=self.landmark_texels
+                                                  ).astype(np.float32),
             pose=estimate_pose(vertices, layout),
             box=np.asarray(box, dtype=np.float32),
             position_map=np.asarray(pm, dtype=np.float32),

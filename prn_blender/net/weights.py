@@ -55,6 +55,15 @@ class WeightsInfo:
     """Side (px) of the input the network runs at: its crop is area-downsampled to it and the
     position map upsampled back to the layout's side (a coarse-trained network). 0 = the
     layout's resolution."""
+    landmark_texels: list[list[float]] | None = None
+    """(68, 2) texel positions (x, y) at which these weights' surfaces put the iBUG 68 points,
+    fitted on training faces (`python -m prn_blender.training readout`); None = the layout's
+    calibrated texels. A network that has not fully learnt its targets' landmark corrections
+    puts some landmarks a few texels off; reading there corrects it."""
+    aflw_uv_shift: list[list[float] | None] | None = None
+    """Evaluation only: AFLW's points as texel shifts of their iBUG sources, fitted like
+    `landmark_texels` (the convention of training.metrics.POINT_MAPS_FILE); None = the
+    layout's shifts there."""
     licence: str = RESEARCH_ONLY
     format_version: str = FORMAT_VERSION
     sha256: str = ""
@@ -129,6 +138,20 @@ def save_weights(
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
     os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are shipped and shared read-only
+    os.replace(tmp, path)
+
+
+def rewrite_info(path: str | os.PathLike[str], info: WeightsInfo) -> None:
+    """Replace a weights file's metadata with `info`, tensors unchanged (same dtype and bytes);
+    atomic like `save_weights`."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(path, error) from error
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=info.to_metadata())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

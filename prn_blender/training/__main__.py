@@ -125,6 +125,21 @@ def _eval(args: argparse.Namespace) -> int:
     return run_evaluation(args)
 
 
+def _readout_args(parser: argparse.ArgumentParser) -> None:
+    from .readout import add_arguments
+
+    add_arguments(parser)
+
+
+@command("readout", "fit a weights file's landmark readout on training faces (into its "
+         "metadata)", _readout_args)
+def _readout(args: argparse.Namespace) -> int:
+    from .readout import write_readout
+
+    write_readout(args.weights, args.faces)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prn_blender.training",
                                      description=__doc__.splitlines()[0])

@@ -36,6 +36,7 @@ from ..core.crop import crop_from_box, uncrop_points, warp_photo_to_crop
 from ..core.geometry import bilinear_sample, landmarks_from_position_map, surface_roughness
 from ..core.layout import UVLayout, load_layout
 from ..net.prnet import predict_at
+from ..net.weights import WeightsInfo
 from . import metrics
 from .faces import dev_names, iter_images, load_face_set
 from .metrics import POINT_MAPS_FILE, load_point_maps
@@ -44,18 +45,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 class LabelReader:
     """Reads a dev set's label points from our position maps: 300W the calibrated 68; AFLW its
-    21 points at their fitted texels (`metrics.aflw_texel_table`, ears NaN)."""
+    21 points at their fitted texels (`metrics.aflw_texel_table`, ears NaN).
 
-    def __init__(self, layout: UVLayout) -> None:
+    `info`: a weights file's `WeightsInfo`; its fitted readout (`landmark_texels`,
+    `aflw_uv_shift`, training/readout.py), where present, replaces the layout's."""
+
+    def __init__(self, layout: UVLayout, info: WeightsInfo | None = None) -> None:
         self.layout = layout
-        shift = metrics.stored_aflw_uv_shift(layout.layout_id)
+        self.fitted = info is not None and info.landmark_texels is not None
+        self.landmark_texels = (np.asarray(info.landmark_texels, np.float64) if self.fitted
+                                else layout.landmark_texels)
+        if info is not None and info.aflw_uv_shift is not None:
+            shift = np.array([s if s is not None else [np.nan, np.nan]
+                              for s in info.aflw_uv_shift], np.float64)
+        else:
+            shift = metrics.stored_aflw_uv_shift(layout.layout_id)
         self.aflw_texels, self.aflw_weights = metrics.aflw_texel_table(layout.landmark_texels,
                                                                        shift)
 
     def __call__(self, position_map: np.ndarray, set_name: str) -> np.ndarray:
         """(68 or 21, 3) points in the position map's pixels."""
         if set_name == "300w":
-            return landmarks_from_position_map(position_map, self.layout)
+            return landmarks_from_position_map(position_map, self.layout,
+                                               texels=self.landmark_texels)
         points = bilinear_sample(position_map, self.aflw_texels, self.layout.face_mask)
         return metrics.aflw21_from(points[None], self.aflw_weights)[0]
 
@@ -70,10 +82,10 @@ class NetworkLandmarks:
 
     def __init__(self, model: torch.nn.Module, layout: UVLayout, device: torch.device,
                  batch: int = 16, input_size: int | None = None,
-                 mirror_average: bool = False) -> None:
+                 mirror_average: bool = False, info: WeightsInfo | None = None) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
         self.input_size, self.mirror_average = input_size, mirror_average
-        self.reader = LabelReader(layout)
+        self.reader = LabelReader(layout, info)
         self.roughness: list[float] = []
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
@@ -102,16 +114,18 @@ class NetworkLandmarks:
 class ProductLandmarks:
     """The set's label points (`LabelReader`) on the surface the product reports for (image,
     tight box) pairs: `Reconstructor.reconstruct` with the given box and default options (so
-    the refinement passes and mirror averaging); texture work kept minimal (it does not touch
-    the surface)."""
+    the refinement passes, mirror and rotation averaging); texture work kept minimal (it does
+    not touch the surface). Points at the weights' fitted readout unless `fitted_readout` is
+    False."""
 
-    def __init__(self, weights: Path) -> None:
+    def __init__(self, weights: Path, fitted_readout: bool = True) -> None:
         from ..core.options import ReconstructOptions
         from ..inference.reconstructor import Reconstructor
 
         self.reconstructor = Reconstructor(weights, device="cpu", allow_untrained=False)
         self.options = ReconstructOptions(texture_size=64, mirror_fill=False)
-        self.reader = LabelReader(self.reconstructor.layout)
+        self.reader = LabelReader(self.reconstructor.layout,
+                                  self.reconstructor.weights_info if fitted_readout else None)
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
                  set_name: str) -> np.ndarray:
@@ -209,6 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror-average", action="store_true",
                         help="average each crop's map with its mirrored crop's (as the "
                              "product does by default)")
+    parser.add_argument("--layout-readout", action="store_true",
+                        help="read the product row's landmarks at the layout's texels even when "
+                             "the weights carry a fitted readout (training/readout.py)")
     parser.add_argument("--no-product", action="store_true",
                         help="skip the product pipeline row (refinement pass + mirror "
                              "averaging, through an fp16 export like the shipped file; it runs "
@@ -257,7 +274,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             weights = export_checkpoint(args.checkpoint, args.out / "evaluated.safetensors",
                                         input_size=input_size, ema=not args.raw)
-        product = ProductLandmarks(weights)
+        product = ProductLandmarks(weights, fitted_readout=not args.layout_readout)
+        print("product landmarks at " + ("the weights' fitted readout" if product.reader.fitted
+                                         else "the layout's texels"))
     teacher = np.load(args.teachers / "tddfa68.npz", allow_pickle=False)
     data = dev_data()
     report: dict[str, dict[str, dict[str, float]]] = {}

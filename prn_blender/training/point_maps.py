@@ -116,20 +116,31 @@ def affine_weights(points: np.ndarray, labels: np.ndarray, normaliser: np.ndarra
     return w + (1.0 - w.sum()) / k
 
 
+AFLW_SOURCES = {k: tuple(AFLW21_FROM_IBUG68[k]) for k in AFLW19_INDICES}
+"""AFLW point -> its iBUG source points (`UVShiftScores` default)."""
+
+
 class UVShiftScores:
-    """For each AFLW point and each whole texel shift within `radius`, the mean over faces of
+    """For each label point and each whole texel shift within `radius`, the mean over faces of
     the (clipped) normalised distance between the label and the mean of the point's shifted
     source texels read from the face's position map. Shifts that take a source texel out of
-    the face mask are not candidates."""
+    the face mask are not candidates.
 
-    def __init__(self, layout: UVLayout, radius: int = UV_SHIFT_RADIUS) -> None:
-        self.layout = layout
+    sources: {label point k: indices of the layout's calibrated 68 whose texels make it},
+    default AFLW's 19 points; `point_count` is the length of the label arrays (21 for AFLW,
+    68 for iBUG labels with sources {k: (k,)})."""
+
+    def __init__(self, layout: UVLayout, radius: int = UV_SHIFT_RADIUS,
+                 sources: dict[int, tuple[int, ...]] | None = None,
+                 point_count: int = 21) -> None:
+        self.layout, self.point_count = layout, point_count
+        self.sources = AFLW_SOURCES if sources is None else sources
         steps = np.arange(-radius, radius + 1)
         dx, dy = np.meshgrid(steps, steps)
         self.shifts = np.stack([dx.ravel(), dy.ravel()], axis=1).astype(np.float64)  # (C, 2)
         texels = np.asarray(layout.landmark_texels, np.float64)
-        self.points = {k: texels[list(AFLW21_FROM_IBUG68[k])][None] + self.shifts[:, None]
-                       for k in AFLW19_INDICES}  # (C, S, 2)
+        self.points = {k: texels[list(src)][None] + self.shifts[:, None]
+                       for k, src in self.sources.items()}  # (C, S, 2)
         r = layout.resolution
         self.valid = {}
         for k, pts in self.points.items():
@@ -137,31 +148,32 @@ class UVShiftScores:
             inside = ((ij >= 0) & (ij < r)).all(axis=2)
             ij = np.clip(ij, 0, r - 1)
             self.valid[k] = (inside & layout.face_mask[ij[..., 1], ij[..., 0]]).all(axis=1)
-        self.total = {k: np.zeros(len(self.shifts)) for k in AFLW19_INDICES}
-        self.count = dict.fromkeys(AFLW19_INDICES, 0)
+        self.total = {k: np.zeros(len(self.shifts)) for k in self.sources}
+        self.count = dict.fromkeys(self.sources, 0)
 
-    def add(self, position_map: np.ndarray, labels21: np.ndarray, visible21: np.ndarray) -> None:
-        """One face: its (R, R, 3) position map and (21, 2) labels in the same pixels."""
-        labels21 = np.asarray(labels21, np.float64)
-        norm = box_normaliser(labels21[None], np.asarray(visible21)[None])[0]
+    def add(self, position_map: np.ndarray, labels: np.ndarray, visible: np.ndarray) -> None:
+        """One face: its (R, R, 3) position map and (point_count, 2) labels in the same
+        pixels; the normaliser is the box of its visible labels (metrics.nme's)."""
+        labels = np.asarray(labels, np.float64)[:, :2]
+        norm = box_normaliser(labels[None], np.asarray(visible)[None])[0]
         if not np.isfinite(norm) or norm <= 0:
             return
         for k, pts in self.points.items():
-            if not visible21[k] or not np.isfinite(labels21[k]).all():
+            if not visible[k] or not np.isfinite(labels[k]).all():
                 continue
             xy = bilinear_sample(position_map, pts.reshape(-1, 2), self.layout.face_mask)
             read = xy[:, :2].reshape(*pts.shape[:2], 2).mean(axis=1)
-            err = np.linalg.norm(read - labels21[k], axis=1) / norm
+            err = np.linalg.norm(read - labels[k], axis=1) / norm
             self.total[k] += np.minimum(np.nan_to_num(err, nan=ERROR_CLIP), ERROR_CLIP)
             self.count[k] += 1
 
     def best(self) -> tuple[np.ndarray, dict[int, tuple[float, float]]]:
-        """((21, 2) best shift per point, NaN for the ears and unseen points; {point: (mean
-        error unshifted, mean error at the best shift)})."""
-        out = np.full((21, 2), np.nan)
+        """((point_count, 2) best shift per point, NaN for points without sources or faces;
+        {point: (mean error unshifted, mean error at the best shift)})."""
+        out = np.full((self.point_count, 2), np.nan)
         errors = {}
         centre = len(self.shifts) // 2
-        for k in AFLW19_INDICES:
+        for k in self.sources:
             if not self.count[k]:
                 continue
             mean = np.where(self.valid[k], self.total[k] / self.count[k], np.inf)

@@ -214,3 +214,54 @@ def test_rotation_average_uncrops_each_turned_crop_before_averaging(reconstructo
             assert np.linalg.norm(seen[1] - seen[0]) > 8.0
     with pytest.raises(ValueError, match="rotation_average_deg"):
         ReconstructOptions(rotation_average_deg=60.0)
+
+
+def test_weights_readout_moves_the_landmarks_on_the_same_surface(untrained_weights, tmp_path,
+                                                                  astronaut, monkeypatch) -> None:
+    """A weights file whose readout puts most non-jaw landmarks 3 texels right of the layout's
+    (fitted readouts leave the jaw where it is): the
+    surface is the same, and the landmarks are read from it at those texels. With a stand-in
+    network whose map holds each texel's own column and row (crop px), that is 3 crop px to
+    the right. A readout of the wrong shape is refused with a clear error."""
+    import dataclasses
+
+    from prn_blender.net.weights import read_info, rewrite_info
+
+    readout = tmp_path / "readout.safetensors"
+    readout.write_bytes(untrained_weights.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = Reconstructor(untrained_weights, device="cpu")
+        shift = np.zeros((68, 2))
+        shift[17:, 0] = 3.0
+        # Not the few eye points whose shifted texel touches the eye holes (read differently).
+        corner = np.floor(plain.layout.landmark_texels + shift).astype(int)
+        inside = np.ones(68, bool)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                inside &= plain.layout.face_mask[corner[:, 1] + dy, corner[:, 0] + dx]
+        shift[~inside] = 0.0
+        assert inside[17:].sum() > 40
+        rewrite_info(readout, dataclasses.replace(
+            read_info(untrained_weights),
+            landmark_texels=(plain.layout.landmark_texels + shift).tolist()))
+        fitted = Reconstructor(readout, device="cpu")
+    rows, cols = np.indices((256, 256), dtype=np.float32)
+    grid = np.stack([cols, rows, np.zeros_like(rows)], axis=-1)
+    options = ReconstructOptions(texture_size=64, refine=False, smoothing=0.0,
+                                 mirror_average=False, rotation_average_deg=0.0)
+    faces = []
+    for r in (plain, fitted):
+        monkeypatch.setattr(r, "_forward", lambda crops, mirror=False: np.stack([grid] * len(crops
+                                                                                        )))
+        faces += r.reconstruct(astronaut, [ASTRONAUT_FACE_BOX], options)
+    a, b = faces
+    np.testing.assert_array_equal(a.position_map, b.position_map)
+    scale = crop_from_box(ASTRONAUT_FACE_BOX, LANDMARK_BOX).scale  # crop px per photo px
+    np.testing.assert_allclose(b.landmarks[:, :2] - a.landmarks[:, :2],
+                               shift / scale, atol=1e-3)
+    rewrite_info(readout, dataclasses.replace(
+        read_info(untrained_weights), landmark_texels=plain.layout.landmark_texels[:5].tolist()))
+    with pytest.raises(WeightsError, match="landmark readout"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Reconstructor(readout, device="cpu")

@@ -20,6 +20,8 @@ from prn_blender.net.weights import (
     fuse_batchnorm,
     load_prnet,
     load_weights,
+    read_info,
+    rewrite_info,
     save_weights,
 )
 
@@ -73,6 +75,28 @@ def test_save_load_round_trip_keeps_bn_stats_and_metadata(trained_like: PRNet, s
                                sha256=file_sha256(saved))
     assert saved.stat().st_size < 30_000_000  # fp16: about 27 MB
     assert saved.stat().st_mode & 0o777 == 0o644  # shippable: readable by every user
+
+
+def test_rewrite_info_stores_a_readout_and_keeps_the_tensors(saved: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(saved.read_bytes())
+    texels = [[float(i), float(i) + 0.5] for i in range(68)]
+    shifts = [[1, -2]] * 12 + [None] + [[0, 3]] * 3 + [None] + [[4, 4]] * 4
+    rewrite_info(copy, dataclasses.replace(read_info(saved), landmark_texels=texels,
+                                           aflw_uv_shift=shifts))
+    info = read_info(copy)
+    assert info.landmark_texels == texels and info.aflw_uv_shift == shifts
+    assert info.training == "unit test" and info.layout_id == LAYOUT
+    before, after = load_file(str(saved)), load_file(str(copy))
+    assert set(before) == set(after)
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype
+               for k in before)
+    assert read_info(saved).landmark_texels is None  # files without a readout read as before
+    assert copy.stat().st_mode & 0o777 == 0o644
 
 
 def test_layout_mismatch_is_refused(saved: Path) -> None:

@@ -78,3 +78,52 @@ def test_committed_point_maps_fit_the_installed_layout() -> None:
     texels, _ = metrics.aflw_texel_table(layout.landmark_texels, shift)
     ij = np.rint(texels).astype(int)
     assert layout.face_mask[ij[:, 1], ij[:, 0]].all()
+
+
+def test_uv_shift_scores_fit_single_ibug_points_for_a_weights_readout() -> None:
+    """The readout's use (training/readout.py): each iBUG point its own source, 68 labels.
+    Labels read a few texels off the calibrated texels on posed faces: exactly those shifts
+    come back, and points whose labels sit at their texels keep a zero shift."""
+    layout = load_layout()
+    truth = np.zeros((68, 2))
+    truth[21], truth[22] = [3.0, 0.0], [-3.0, 1.0]  # inner brow ends pulled together
+    truth[48], truth[54] = [2.0, 0.0], [2.0, 0.0]  # mouth corners right
+    points = tuple(range(17, 68))
+    scores = UVShiftScores(layout, 6, sources={k: (k,) for k in points}, point_count=68)
+    for yaw, pitch in ((0, 0), (20, -5), (-25, 10), (35, 0)):
+        pm = pose_ict_neutral(layout, yaw, pitch, 3.0, 9.0, (130.0, 120.0, 100.0)).position_map
+        labels = bilinear_sample(pm, layout.landmark_texels + truth, layout.face_mask)[:, :2]
+        scores.add(pm, labels, np.ones(68, bool))
+    found, errors = scores.best()
+    assert np.isnan(found[:17]).all()  # the jaw has no source: never fitted
+    np.testing.assert_array_equal(found[17:], truth[17:])
+    assert errors[21][0] > 0.01 and errors[21][1] < 1e-6
+
+
+def test_label_reader_uses_a_weights_files_fitted_readout() -> None:
+    """evaluate.LabelReader: without weights info, 300W at the layout's texels and AFLW at the
+    stored shifts; with a readout, at the readout's texels and shifts."""
+    import dataclasses
+
+    from prn_blender.net.weights import WeightsInfo
+    from prn_blender.training.evaluate import LabelReader
+
+    layout = load_layout()
+    pm = pose_ict_neutral(layout, 15, -5, 3.0, 9.0, (130.0, 120.0, 100.0)).position_map
+    plain = LabelReader(layout)
+    np.testing.assert_allclose(plain(pm, "300w"),
+                               bilinear_sample(pm, layout.landmark_texels, layout.face_mask))
+    texels = layout.landmark_texels + np.array([0.0, 2.0])
+    shifts = np.zeros((21, 2))
+    shifts[[12, 16]] = np.nan
+    info = dataclasses.replace(
+        WeightsInfo(layout.layout_id, 1, True), landmark_texels=texels.tolist(),
+        aflw_uv_shift=[None if np.isnan(s).any() else s.tolist() for s in shifts])
+    fitted = LabelReader(layout, info)
+    assert fitted.fitted and not plain.fitted
+    np.testing.assert_allclose(fitted(pm, "300w"),
+                               bilinear_sample(pm, texels, layout.face_mask))
+    table, weights = metrics.aflw_texel_table(layout.landmark_texels, shifts)
+    expected = metrics.aflw21_from(bilinear_sample(pm, table, layout.face_mask)[None], weights)
+    np.testing.assert_allclose(fitted(pm, "aflw"), expected[0])
+    assert np.nanmax(np.abs(plain(pm, "aflw") - expected[0])) > 0.5  # stored shifts differ
