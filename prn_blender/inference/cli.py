@@ -230,6 +230,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                                  f"sha256 {winfo.sha256[:12]}]"))
         if winfo.dev_nme:
             lines.append(("dev NME", winfo.dev_nme))
+        lines.append(("readout", "landmarks at texels fitted on training faces"
+                      if winfo.landmark_texels is not None else "landmarks at the layout's texels"))
     except PrnError as error:
         lines.append(("weights", f"none: {error}"))
     yunet = find_yunet_model()

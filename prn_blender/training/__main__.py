@@ -108,7 +108,8 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme,
                             args.input_size, ema=not args.raw)
-    print(f"wrote {out}")
+    print(f"wrote {out}\nnext, fit its landmark readout on the training faces (docs/TRAINING.md "
+          f"section 7): python -m prn_blender.training readout --weights {out}")
     return 0
 
 

@@ -97,7 +97,7 @@ def write_readout(weights: Path, faces: int = READOUT_FACES) -> None:
     moved = {k: shift[k].astype(int).tolist() for k in IBUG68_NON_JAW if shift[k].any()}
     print(f"iBUG texel shifts: {moved}")
     info = dataclasses.replace(
-        read_info(weights), landmark_texels=texels.round(3).tolist(),
+        read_info(weights), landmark_texels=texels.tolist(),  # layout's + whole texels, exact
         aflw_uv_shift=[None if np.isnan(s).any() else s.astype(int).tolist()
                        for s in aflw_shift])
     rewrite_info(weights, info)

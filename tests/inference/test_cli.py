@@ -97,6 +97,7 @@ def test_info_shows_version_device_layout_and_weights(untrained_weights, capsys)
     assert "device" in out and "cpu" in out
     assert "ict-face-256-v1" in out
     assert "UNTRAINED" in out and str(untrained_weights) in out
+    assert "landmarks at the layout's texels" in out  # no fitted readout in this file
 
 
 def test_unknown_format_is_an_argument_error(tmp_path, capsys):
