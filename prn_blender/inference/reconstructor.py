@@ -5,10 +5,13 @@
 
 Pipeline (DESIGN.md sections 0 and 3): load the photo (core.photo) -> detect faces
 (inference.detect, or the caller's tight 68-landmark boxes) -> each detector box mapped to the
-tight landmark box -> crop (`crop_from_box(box, LANDMARK_BOX)`, the training crop) -> PRNet ->
-uncrop -> optional refinement (re-crop from the tight box of the predicted 68 landmarks, the box
-the network was trained on, turned upright when the face is rolled, and run again) -> mesh,
-UVs, texture, visibility, landmarks, pose. All faces of one pass run as one batch.
+tight landmark box -> crop (`crop_from_box(box, LANDMARK_BOX)`, the training crop) -> PRNet
+(with its mirrored and -/+15 degree turned copies, each uncropped, then averaged:
+`ReconstructOptions.mirror_average`, `.rotation_average_deg`) -> optional refinement (re-crop
+from the tight box of the predicted 68 landmarks, the box the network was trained on, turned
+upright when the face is rolled, and run again) -> mesh, UVs, texture, visibility, landmarks
+(at the weights file's fitted readout when it has one, `WeightsInfo.landmark_texels`), pose.
+All crops of one pass run as one batch.
 """
 
 from __future__ import annotations
