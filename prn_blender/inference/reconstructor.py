@@ -47,7 +47,7 @@ from ..core.texture import (
     upsample_position_map,
     visibility_mask,
 )
-from ..errors import NoFaceFoundError, PhotoError, WeightsError
+from ..errors import NoFaceFoundError, PhotoError
 from ..net.device import configure_threads
 from ..net.prnet import predict_at
 from ..net.weights import WeightsInfo, default_weights_path, load_prnet
@@ -99,12 +99,7 @@ class Reconstructor:
         self.device: torch.device = next(self.model.parameters()).device
         self._uvs = mesh_uvs(self.layout)
         # Where these weights put the 68 landmarks (fitted on training faces), else the layout's.
-        fitted = self.weights_info.landmark_texels
-        self.landmark_texels: np.ndarray = (
-            np.asarray(fitted, np.float64) if fitted is not None else self.layout.landmark_texels)
-        if self.landmark_texels.shape != (68, 2):
-            raise WeightsError(f"'{self.weights_path.name}' has a damaged landmark readout "
-                               f"(shape {self.landmark_texels.shape}); re-export the weights.")
+        self.landmark_texels = self.weights_info.readout_texels(self.layout.landmark_texels)
         if not self.trained:
             warnings.warn(
                 f"UNTRAINED WEIGHTS: '{self.weights_path.name}' holds an untrained network; "

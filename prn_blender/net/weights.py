@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -68,6 +69,18 @@ class WeightsInfo:
     format_version: str = FORMAT_VERSION
     sha256: str = ""
     """SHA-256 of the file it was read from (filled by `read_info`; not stored in the file)."""
+
+    def readout_texels(self, layout_texels: np.ndarray) -> np.ndarray:
+        """(68, 2) float64 texels to read the 68 landmarks at: `landmark_texels` when the file
+        has a fitted readout, else `layout_texels` (the layout's calibrated ones). Raises
+        WeightsError for a readout of the wrong shape."""
+        if self.landmark_texels is None:
+            return np.asarray(layout_texels, np.float64)
+        texels = np.asarray(self.landmark_texels, np.float64)
+        if texels.shape != (68, 2):
+            raise WeightsError(f"the weights file has a damaged landmark readout (shape "
+                               f"{texels.shape}); re-export the weights")
+        return texels
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata: every field but `sha256`, JSON-encoded."""
@@ -133,12 +146,7 @@ def save_weights(
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
         state[key] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=info.to_metadata())
-    os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are shipped and shared read-only
-    os.replace(tmp, path)
+    _write_atomic(state, Path(path), info)
 
 
 def rewrite_info(path: str | os.PathLike[str], info: WeightsInfo) -> None:
@@ -149,9 +157,16 @@ def rewrite_info(path: str | os.PathLike[str], info: WeightsInfo) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise _unreadable(path, error) from error
+    _write_atomic(state, path, info)
+
+
+def _write_atomic(state: dict[str, torch.Tensor], path: Path, info: WeightsInfo) -> None:
+    """safetensors with `info` as metadata, through a temporary file and a rename, so a crash
+    never leaves a half-written weights file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are shipped and shared read-only
     os.replace(tmp, path)
 
 

@@ -53,11 +53,10 @@ class LabelReader:
     def __init__(self, layout: UVLayout, info: WeightsInfo | None = None) -> None:
         self.layout = layout
         self.fitted = info is not None and info.landmark_texels is not None
-        self.landmark_texels = (np.asarray(info.landmark_texels, np.float64) if self.fitted
+        self.landmark_texels = (info.readout_texels(layout.landmark_texels) if info is not None
                                 else layout.landmark_texels)
         if info is not None and info.aflw_uv_shift is not None:
-            shift = np.array([s if s is not None else [np.nan, np.nan]
-                              for s in info.aflw_uv_shift], np.float64)
+            shift = metrics.uv_shift_array(info.aflw_uv_shift)
         else:
             shift = metrics.stored_aflw_uv_shift(layout.layout_id)
         self.aflw_texels, self.aflw_weights = metrics.aflw_texel_table(layout.landmark_texels,
@@ -82,10 +81,10 @@ class NetworkLandmarks:
 
     def __init__(self, model: torch.nn.Module, layout: UVLayout, device: torch.device,
                  batch: int = 16, input_size: int | None = None,
-                 mirror_average: bool = False, info: WeightsInfo | None = None) -> None:
+                 mirror_average: bool = False) -> None:
         self.model, self.layout, self.device, self.batch = model, layout, device, batch
         self.input_size, self.mirror_average = input_size, mirror_average
-        self.reader = LabelReader(layout, info)
+        self.reader = LabelReader(layout)
         self.roughness: list[float] = []
 
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
@@ -127,12 +126,15 @@ class ProductLandmarks:
         self.reader = LabelReader(self.reconstructor.layout,
                                   self.reconstructor.weights_info if fitted_readout else None)
 
+    def surface(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The product's (R, R, 3) position map of one face, photo px."""
+        return self.reconstructor.reconstruct(image, boxes=[box],
+                                              options=self.options)[0].position_map
+
     def __call__(self, images: list[np.ndarray], boxes: list[np.ndarray],
                  set_name: str) -> np.ndarray:
-        return np.stack([
-            self.reader(self.reconstructor.reconstruct(image, boxes=[box], options=self.options)
-                        [0].position_map, set_name)
-            for image, box in zip(images, boxes, strict=True)])
+        return np.stack([self.reader(self.surface(image, box), set_name)
+                         for image, box in zip(images, boxes, strict=True)])
 
 
 def aflw_eval_box(size: int) -> np.ndarray:
@@ -140,6 +142,14 @@ def aflw_eval_box(size: int) -> np.ndarray:
     half = size / np.sqrt(2) / 2
     c = (size - 1) / 2
     return np.array([c - half, c - half, c + half, c + half], dtype=np.float32)
+
+
+def eval_box(record, set_name: str) -> np.ndarray:
+    """The face box a labelled set's face is evaluated from: 300W the tight box of its 68
+    labels, AFLW the box its storage crop implies (`aflw_eval_box`)."""
+    if set_name == "300w":
+        return np.array([*record.landmarks.min(0), *record.landmarks.max(0)])
+    return aflw_eval_box(record.size)
 
 
 def dev_data(limit: int | None = None) -> dict[str, tuple[list, list, list]]:
@@ -153,11 +163,7 @@ def dev_data(limit: int | None = None) -> dict[str, tuple[list, list, list]]:
         if limit is not None and limit < len(records):
             records = [records[i] for i in np.linspace(0, len(records) - 1, limit).astype(int)]
         images = [img for _, img in iter_images(records)]
-        if set_name == "300w":
-            boxes = [np.array([*r.landmarks.min(0), *r.landmarks.max(0)]) for r in records]
-        else:
-            boxes = [aflw_eval_box(r.size) for r in records]
-        data[set_name] = (records, images, boxes)
+        data[set_name] = (records, images, [eval_box(r, set_name) for r in records])
     return data
 
 

@@ -140,8 +140,13 @@ def stored_aflw_uv_shift(layout_id: str) -> np.ndarray:
             f"{POINT_MAPS_FILE} has no AFLW texel shifts for layout {layout_id}; run "
             "`python -m prn_blender.training eval --fit-point-maps` (it fits them on the "
             "AFLW training faces)")
-    return np.array([s if s is not None else [np.nan, np.nan] for s in maps["aflw_uv_shift"]],
-                    dtype=np.float64)
+    return uv_shift_array(maps["aflw_uv_shift"])
+
+
+def uv_shift_array(rows: list) -> np.ndarray:
+    """Stored AFLW texel shift rows ((dx, dy) or None for the ears) -> (21, 2) float64, NaN
+    for None."""
+    return np.array([s if s is not None else [np.nan, np.nan] for s in rows], dtype=np.float64)
 
 
 def aflw21_from(points: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ TDDFA_RIDGE = 0.01
 """Ridge of the 3DDFA-V2 -> AFLW weights towards the iBUG means, per face."""
 
 
-def _training_records(set_name: str) -> list:
+def training_records(set_name: str) -> list:
+    """A labelled set's faces outside the dev split."""
     dev = dev_names(set_name)
     return [r for r in load_face_set(set_name) if r.name not in dev]
 
@@ -54,7 +55,7 @@ def fit_mediapipe68(teachers: Path) -> list[int]:
     """Per iBUG point, the MediaPipe point with the smallest median distance to the 300W hand
     labels of the training faces MediaPipe found."""
     index, detected, points = _mediapipe(teachers, "300w")
-    records = [r for r in _training_records("300w") if detected[index[r.name]]]
+    records = [r for r in training_records("300w") if detected[index[r.name]]]
     labels = np.stack([r.landmarks for r in records])
     pts = points[[index[r.name] for r in records]]
     return [int(np.argmin(np.median(np.linalg.norm(pts - labels[:, k : k + 1], axis=2), 0)))
@@ -65,7 +66,7 @@ def fit_aflw_from_mediapipe478(teachers: Path) -> list[int | None]:
     """Per AFLW point, the MediaPipe point with the smallest median normalised distance to the
     AFLW labels of the training faces MediaPipe found (None for the ears)."""
     index, detected, points = _mediapipe(teachers, "aflw_gt_crop")
-    records = [r for r in _training_records("aflw") if detected[index[r.name]]]
+    records = [r for r in training_records("aflw") if detected[index[r.name]]]
     pts = points[[index[r.name] for r in records]]
     labels = np.stack([r.landmarks for r in records]).astype(np.float64)
     visible = np.stack([r.visible for r in records])
@@ -85,7 +86,7 @@ def fit_aflw_from_tddfa68(teachers: Path) -> list[list[float] | None]:
     with np.load(teachers / "tddfa68.npz", allow_pickle=False) as t:
         index = {str(n): i for i, n in enumerate(t["aflw_names"])}
         teacher = t["aflw_landmarks"][:, :, :2].astype(np.float64)
-    records = _training_records("aflw")
+    records = training_records("aflw")
     pts = teacher[[index[r.name] for r in records]]
     labels = np.stack([r.landmarks for r in records]).astype(np.float64)
     visible = np.stack([r.visible for r in records])
@@ -127,13 +128,12 @@ class UVShiftScores:
     the face mask are not candidates.
 
     sources: {label point k: indices of the layout's calibrated 68 whose texels make it},
-    default AFLW's 19 points; `point_count` is the length of the label arrays (21 for AFLW,
-    68 for iBUG labels with sources {k: (k,)})."""
+    default AFLW's 19 points (labels of 21); iBUG labels of 68 take {k: (k,)}. `best` returns
+    one row per label up to the last source's."""
 
     def __init__(self, layout: UVLayout, radius: int = UV_SHIFT_RADIUS,
-                 sources: dict[int, tuple[int, ...]] | None = None,
-                 point_count: int = 21) -> None:
-        self.layout, self.point_count = layout, point_count
+                 sources: dict[int, tuple[int, ...]] | None = None) -> None:
+        self.layout = layout
         self.sources = AFLW_SOURCES if sources is None else sources
         steps = np.arange(-radius, radius + 1)
         dx, dy = np.meshgrid(steps, steps)
@@ -152,7 +152,7 @@ class UVShiftScores:
         self.count = dict.fromkeys(self.sources, 0)
 
     def add(self, position_map: np.ndarray, labels: np.ndarray, visible: np.ndarray) -> None:
-        """One face: its (R, R, 3) position map and (point_count, 2) labels in the same
+        """One face: its (R, R, 3) position map and (K, 2) labels in the same
         pixels; the normaliser is the box of its visible labels (metrics.nme's)."""
         labels = np.asarray(labels, np.float64)[:, :2]
         norm = box_normaliser(labels[None], np.asarray(visible)[None])[0]
@@ -168,9 +168,9 @@ class UVShiftScores:
             self.count[k] += 1
 
     def best(self) -> tuple[np.ndarray, dict[int, tuple[float, float]]]:
-        """((point_count, 2) best shift per point, NaN for points without sources or faces;
-        {point: (mean error unshifted, mean error at the best shift)})."""
-        out = np.full((self.point_count, 2), np.nan)
+        """((max source key + 1, 2) best shift per point, NaN for points without sources or
+        faces; {point: (mean error unshifted, mean error at the best shift)})."""
+        out = np.full((max(self.sources) + 1, 2), np.nan)
         errors = {}
         centre = len(self.shifts) // 2
         for k in self.sources:
@@ -204,7 +204,7 @@ def fit_aflw_uv_shift(shared: Path, teachers: Path, mediapipe68: list[int]) -> n
 
     ctx = build_context(shared, aflw_uv_shift=np.zeros((21, 2)))
     tddfa, mediapipe = load_teachers(teachers.parent)
-    records = [r for r in _training_records("aflw")
+    records = [r for r in training_records("aflw")
                if r.yaw_deg <= UV_SHIFT_MAX_YAW_DEG and r.name in mediapipe["aflw"]]
     scores = UVShiftScores(ctx.layout)
     used = 0

@@ -37,49 +37,43 @@ READOUT_FACES = 700
 """Training faces per set, spread evenly over it (about 4 minutes on 2 CPU cores)."""
 
 
-def _training_surfaces(weights: Path, set_name: str, faces: int):
-    """(records, product position maps in photo px) for `faces` training faces of a set."""
-    from ..core.options import ReconstructOptions
-    from ..inference.reconstructor import Reconstructor
-    from .evaluate import aflw_eval_box
-    from .faces import dev_names, iter_images, load_face_set
+def _training_surfaces(product, set_name: str, faces: int):
+    """(record, the product's position map, photo px) for `faces` training faces of a set,
+    spread evenly over it; `product` an `evaluate.ProductLandmarks`."""
+    from .evaluate import eval_box
+    from .faces import iter_images
+    from .point_maps import training_records
 
-    reconstructor = Reconstructor(weights, device="cpu", allow_untrained=False)
-    options = ReconstructOptions(texture_size=64, mirror_fill=False)
-    dev = dev_names(set_name)
-    records = [r for r in load_face_set(set_name) if r.name not in dev]
+    records = training_records(set_name)
     if faces < len(records):
         records = [records[i] for i in np.linspace(0, len(records) - 1, faces).astype(int)]
     for record, (_, image) in zip(records, iter_images(records), strict=True):
-        box = (np.array([*record.landmarks.min(0), *record.landmarks.max(0)])
-               if set_name == "300w" else aflw_eval_box(record.size))
-        face = reconstructor.reconstruct(image, boxes=[box], options=options)[0]
-        yield record, face.position_map
+        yield record, product.surface(image, eval_box(record, set_name))
 
 
 def fit_readout(weights: Path, faces: int = READOUT_FACES, radius: int = READOUT_RADIUS
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[int, tuple[float, float]]]]:
-    """((68, 2) landmark texels, (21, 2) AFLW texel shifts with NaN ears, {set: {point: (mean
-    NME contribution at the layout's texels, at the fitted ones)}}) for a weights file."""
+    """((68, 2) iBUG texel shifts, NaN for the jaw; (21, 2) AFLW texel shifts of their iBUG
+    sources, NaN for the ears; {set: {point: (mean NME contribution at the layout's texels,
+    at the fitted ones)}}) for a weights file."""
     from tqdm import tqdm
 
-    from ..core.layout import load_layout
+    from .evaluate import ProductLandmarks
     from .point_maps import UVShiftScores
 
-    layout = load_layout()
-    ibug = UVShiftScores(layout, radius, sources={k: (k,) for k in IBUG68_NON_JAW},
-                         point_count=68)
-    for record, pm in tqdm(_training_surfaces(weights, "300w", faces), total=faces,
+    product = ProductLandmarks(weights, fitted_readout=False)
+    layout = product.reconstructor.layout
+    ibug = UVShiftScores(layout, radius, sources={k: (k,) for k in IBUG68_NON_JAW})
+    for record, pm in tqdm(_training_surfaces(product, "300w", faces), total=faces,
                            desc="300W readout", unit="face"):
         ibug.add(pm, record.landmarks, np.ones(68, bool))
     aflw = UVShiftScores(layout, radius)
-    for record, pm in tqdm(_training_surfaces(weights, "aflw", faces), total=faces,
+    for record, pm in tqdm(_training_surfaces(product, "aflw", faces), total=faces,
                            desc="AFLW readout", unit="face"):
         aflw.add(pm, record.landmarks, record.visible)
     ibug_shift, ibug_errors = ibug.best()
     aflw_shift, aflw_errors = aflw.best()
-    texels = np.asarray(layout.landmark_texels, np.float64) + np.nan_to_num(ibug_shift)
-    return texels, aflw_shift, {"300w": ibug_errors, "aflw": aflw_errors}
+    return ibug_shift, aflw_shift, {"300w": ibug_errors, "aflw": aflw_errors}
 
 
 def write_readout(weights: Path, faces: int = READOUT_FACES) -> None:
@@ -87,8 +81,8 @@ def write_readout(weights: Path, faces: int = READOUT_FACES) -> None:
     from ..core.layout import load_layout
     from ..net.weights import read_info, rewrite_info
 
-    texels, aflw_shift, errors = fit_readout(weights, faces)
-    shift = texels - load_layout().landmark_texels
+    shift, aflw_shift, errors = fit_readout(weights, faces)
+    shift = np.nan_to_num(shift)  # the jaw keeps the layout's texels
     for set_name, points in errors.items():
         before = np.mean([b for b, _ in points.values()])
         after = np.mean([a for _, a in points.values()])
@@ -96,8 +90,9 @@ def write_readout(weights: Path, faces: int = READOUT_FACES) -> None:
               f"the layout's texels -> {100 * after:.2f} % at the fitted ones")
     moved = {k: shift[k].astype(int).tolist() for k in IBUG68_NON_JAW if shift[k].any()}
     print(f"iBUG texel shifts: {moved}")
+    texels = np.asarray(load_layout().landmark_texels, np.float64) + shift  # exact: whole texels
     info = dataclasses.replace(
-        read_info(weights), landmark_texels=texels.tolist(),  # layout's + whole texels, exact
+        read_info(weights), landmark_texels=texels.tolist(),
         aflw_uv_shift=[None if np.isnan(s).any() else s.astype(int).tolist()
                        for s in aflw_shift])
     rewrite_info(weights, info)

@@ -89,7 +89,7 @@ def test_uv_shift_scores_fit_single_ibug_points_for_a_weights_readout() -> None:
     truth[21], truth[22] = [3.0, 0.0], [-3.0, 1.0]  # inner brow ends pulled together
     truth[48], truth[54] = [2.0, 0.0], [2.0, 0.0]  # mouth corners right
     points = tuple(range(17, 68))
-    scores = UVShiftScores(layout, 6, sources={k: (k,) for k in points}, point_count=68)
+    scores = UVShiftScores(layout, 6, sources={k: (k,) for k in points})
     for yaw, pitch in ((0, 0), (20, -5), (-25, 10), (35, 0)):
         pm = pose_ict_neutral(layout, yaw, pitch, 3.0, 9.0, (130.0, 120.0, 100.0)).position_map
         labels = bilinear_sample(pm, layout.landmark_texels + truth, layout.face_mask)[:, :2]
