@@ -123,7 +123,8 @@ def crop_from_landmarks(
     exactly `crop_from_box` of the axis-aligned box. Training crops are axis-aligned boxes of
     mostly upright faces (then rotated by up to 45 degrees), so the upright box is the size the
     network knows best. roll_deg: the face's roll (clockwise on screen > 0), e.g. from the
-    head pose, which stays reliable on turned faces whose eyes are close together on screen;
+    head pose, which stays reliable on turned faces whose eyes are close together on screen
+    (though not near profile: inference.reconstructor.REFINE_UPRIGHT_MAX_YAW_DEG);
     None = from the eye line (`landmark_roll_deg`)."""
     pts = np.asarray(landmarks68, dtype=np.float64)[:, :2]
     roll = landmark_roll_deg(pts) if roll_deg is None else float(roll_deg)

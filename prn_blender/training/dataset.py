@@ -10,11 +10,14 @@ starts mid-epoch: each global batch of `batch x world` consecutive samples of th
 permutation is split into `world` disjoint slices of `batch`, rank r taking slice r. The
 position in the epoch is counted in global samples, so a run can resume with another world
 size. The last partial global batch of an epoch is dropped.
+
+Oversampling (`yaw_repeats`): a face may appear several times per epoch; the epoch then has
+one sample position per appearance, and each appearance gets its own augmentation seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -24,6 +27,9 @@ import torch
 from ..core.layout import UVLayout
 from .augment import AugmentSettings, make_sample, remove_black_canvas
 from .shards import ShardDataset
+
+YAW_BIN_EDGES_DEG = (30.0, 60.0)
+"""|yaw| bin edges of `yaw_repeats`: the dev protocol's bins (DESIGN section 5)."""
 
 CONTENT_CACHE_FACES = 10_000
 """Faces whose canvas-filled storage image a `ShardSamples` keeps by default (about 200 kB
@@ -56,15 +62,43 @@ def downsample_sample(crop: np.ndarray, target_px: np.ndarray, weights: np.ndarr
     return small, target.astype(np.float32), weight.astype(np.float32)
 
 
+def yaw_repeats(yaw_deg: np.ndarray, repeats: Sequence[int]) -> np.ndarray:
+    """How often each face appears per epoch: `repeats[b]` for a face whose |yaw| falls in
+    bin b of (0-30, 30-60, 60+ degrees); once when its yaw is unknown (NaN: 300W and UTKFace,
+    which are nearly all frontal). The dev metric weights the three bins equally, while AFLW's
+    training faces are 14 % profiles (|yaw| >= 60), so repeating those gives the network more
+    of the poses it is worst at."""
+    repeats = np.asarray(repeats, dtype=np.int64)
+    if repeats.shape != (len(YAW_BIN_EDGES_DEG) + 1,) or (repeats < 1).any():
+        raise ValueError(f"yaw repeats must be {len(YAW_BIN_EDGES_DEG) + 1} whole numbers "
+                         f">= 1 (for |yaw| 0-30, 30-60, 60+ degrees), got {repeats.tolist()}")
+    yaw = np.abs(np.asarray(yaw_deg, dtype=np.float64))
+    known = np.isfinite(yaw)
+    out = np.ones(len(yaw), np.int64)
+    out[known] = repeats[np.digitize(yaw[known], YAW_BIN_EDGES_DEG)]
+    return out
+
+
 class ShardSamples(torch.utils.data.Dataset):
-    """Item (epoch, index) -> (image (3, S, S) float32 RGB in [0, 1], target (3, S, S) float32
+    """Item (epoch, k) -> (image (3, S, S) float32 RGB in [0, 1], target (3, S, S) float32
     crop pixels of the layout-resolution crop, weights (S, S) float32), S = `size` (default:
-    the layout resolution). A pure function of (seed, epoch, index)."""
+    the layout resolution). A pure function of (seed, epoch, k). Sample k is shard face
+    `face_of[k]`: each face once (k = face index) unless `repeats` (per face, see
+    `yaw_repeats`) lists some several times."""
 
     def __init__(self, shards: Path | ShardDataset, layout: UVLayout, seed: int,
                  augment: AugmentSettings, size: int | None = None,
-                 content_cache_faces: int = CONTENT_CACHE_FACES) -> None:
+                 content_cache_faces: int = CONTENT_CACHE_FACES,
+                 repeats: np.ndarray | None = None) -> None:
         self.shards = shards if isinstance(shards, ShardDataset) else ShardDataset(shards)
+        faces = len(self.shards)
+        if repeats is None:
+            self.face_of = np.arange(faces)
+        else:
+            repeats = np.asarray(repeats, dtype=np.int64)
+            if repeats.shape != (faces,) or (repeats < 1).any():
+                raise ValueError(f"need one repeat count >= 1 per face ({faces})")
+            self.face_of = np.repeat(np.arange(faces), repeats)
         self.face_mask = layout.face_mask
         self.weight_mask = layout.weight_mask.astype(np.float32)
         self.resolution = int(layout.resolution)
@@ -78,7 +112,7 @@ class ShardSamples(torch.utils.data.Dataset):
         return {**self.__dict__, "_content": {}}
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return len(self.face_of)
 
     def _canvas_filled(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The face's storage image after `remove_black_canvas` (image, offset), cached per
@@ -99,9 +133,10 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
-        epoch, index = key
+        epoch, k = key
+        index = int(self.face_of[k])
         stored = self.shards[index]
-        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        rng = np.random.default_rng([self.seed, int(epoch), int(k)])
         sample = make_sample(None, stored.position_map, stored.box, self.face_mask,
                              self.weight_mask, rng, self.augment, self.resolution,
                              self._canvas_filled(index))

@@ -223,6 +223,13 @@ class ShardDataset:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def yaw_deg(self) -> np.ndarray:
+        """(N,) float32 stored yaw of every face in index order (NaN where unknown)."""
+        if not len(self.index):
+            return np.zeros(0, np.float32)
+        return np.array([self._meta[s]["yaw_deg"][i] for s, i in self.index], np.float32)
+
     def _map(self, s: int) -> np.ndarray:
         maps = self._maps[s]
         if maps is None:

@@ -44,9 +44,10 @@ from tqdm import tqdm
 from ..core.layout import load_layout
 from ..net.prnet import PRNet, normalized_to_pixels
 from .augment import NO_AUGMENTATION, AugmentSettings
-from .dataset import CONTENT_CACHE_FACES, ResumableBatchSampler, ShardSamples
+from .dataset import CONTENT_CACHE_FACES, ResumableBatchSampler, ShardSamples, yaw_repeats
 from .distributed import DEFAULT_TIMEOUT_S, DistributedContext
 from .loss import batch_landmark_nme, weighted_loss_from_normalized
+from .shards import ShardDataset
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT_NAME = "last.pt"
@@ -104,6 +105,9 @@ class TrainConfig:
     single checkpoints of the raw weights were measured to swing by ~1 point of dev NME. The
     decay warms up (`ema_decay_at`), and the average restarts when a resumed run changes
     `resolution` (a new stage: the old stage's weights score badly at the new size)."""
+    yaw_repeats: tuple[int, int, int] = (1, 1, 1)
+    """Appearances per epoch of a face with |yaw| in 0-30, 30-60, 60+ degrees
+    (`dataset.yaw_repeats`; faces of unknown yaw appear once). (1, 1, 1) = each face once."""
 
 
 def bf16_useful(device: torch.device) -> bool:
@@ -281,9 +285,6 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
         raise ValueError(f"--mirror-probability needs a mirror-symmetric layout; "
                          f"'{layout.layout_id}' is off by {layout.mirror_error_cm:.3g} cm")
     augment = AugmentSettings(mirror_probability=config.mirror_probability)
-    dataset = ShardSamples(config.shards, layout, config.seed,
-                           augment if config.augment else NO_AUGMENTATION, config.resolution,
-                           CONTENT_CACHE_FACES // max(1, config.num_workers))
     ckpt_path = config.out / CHECKPOINT_NAME
     state = None
     if ckpt_path.is_file():
@@ -293,6 +294,18 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                 "--out."
             )
         state = load_checkpoint(ckpt_path)
+        # The epoch position counts samples of the repeated list: it must be the same list.
+        saved = state.get("config", {}).get("yaw_repeats", str((1, 1, 1)))
+        if saved != str(tuple(config.yaw_repeats)):
+            raise ValueError(f"'{ckpt_path}' was trained with --yaw-repeats "
+                             f"{saved.strip('()').replace(' ', '')}: resume with the same, or "
+                             "start a new --out with --init-from that checkpoint")
+    shards = ShardDataset(config.shards)
+    repeats = (None if tuple(config.yaw_repeats) == (1, 1, 1)
+               else yaw_repeats(shards.yaw_deg, config.yaw_repeats))
+    dataset = ShardSamples(shards, layout, config.seed,
+                           augment if config.augment else NO_AUGMENTATION, config.resolution,
+                           CONTENT_CACHE_FACES // max(1, config.num_workers), repeats)
     model = PRNet(width=config.width)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -345,11 +358,15 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
             _truncate_csv(eval_path, step)
         run_info = {**{k: str(v) for k, v in asdict(config).items()},
                     "world_size": ctx.world_size, "effective_batch": global_batch,
-                    "faces": n, "device": str(device), "bf16": use_bf16,
+                    "faces": len(shards), "samples_per_epoch": n, "device": str(device),
+                    "bf16": use_bf16,
                     "layout_id": layout.layout_id}
         (config.out / "config.json").write_text(json.dumps(run_info, indent=1) + "\n")
+    oversampled = "" if repeats is None else f" as {n} samples per epoch (yaw repeats " \
+        f"{','.join(map(str, config.yaw_repeats))})"
     ctx.log(
-        f"{'resuming at step ' + str(step) if state else 'training'}: {n} faces, "
+        f"{'resuming at step ' + str(step) if state else 'training'}: {len(shards)} faces"
+        f"{oversampled}, "
         f"{ctx.world_size} process(es) on {device}, batch {config.batch} per process = "
         f"effective batch {global_batch}, {steps_per_epoch} steps per epoch; Adam lr "
         f"{config.lr:g} halved every {config.halve_every_epochs:g} epochs "
@@ -578,7 +595,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="add this x the finite-difference loss (against texel ripples; 0 = the paper)")
     a("--ema-decay", type=float, default=0.999,
       help="per-step decay of the weight average that eval and export use (0 = off)")
+    a("--yaw-repeats", type=_three_counts, default=(1, 1, 1), metavar="A,B,C",
+      help="per epoch, show faces with |yaw| in 0-30, 30-60, 60+ degrees A, B, C times "
+           "(unknown yaw: once; default 1,1,1)")
     a("--width", type=int, default=16, help=argparse.SUPPRESS)  # tests only
+
+
+def _three_counts(text: str) -> tuple[int, int, int]:
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected three whole numbers >= 1 like 1,2,3, "
+                                         f"got '{text}'")
+    return counts  # type: ignore[return-value]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -593,5 +624,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         width=args.width, resolution=args.resolution, sync_bn=args.sync_bn,
         dist_timeout_s=args.dist_timeout_s, ema_decay=args.ema_decay,
         gradient_loss_weight=args.gradient_loss_weight,
-        mirror_probability=args.mirror_probability,
+        mirror_probability=args.mirror_probability, yaw_repeats=args.yaw_repeats,
     )

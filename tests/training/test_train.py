@@ -395,3 +395,58 @@ def test_cached_canvas_fill_gives_the_same_samples(data):
         for a, b in zip(first, again, strict=True):
             for x, y in zip(a, b, strict=True):
                 assert torch.equal(x, y)
+
+
+def test_yaw_repeats_count_per_abs_yaw_bin_and_unknown_yaw_once():
+    from prn_blender.training.dataset import yaw_repeats
+
+    yaw = np.array([np.nan, 10, -45, 75, -120, 29.9, 60, -30], np.float32)
+    assert yaw_repeats(yaw, (1, 2, 3)).tolist() == [1, 1, 2, 3, 3, 1, 3, 2]
+    assert yaw_repeats(yaw, (1, 1, 1)).tolist() == [1] * 8
+    for bad in ((1, 2), (0, 1, 1), (1, -2, 3)):
+        with pytest.raises(ValueError, match="0-30, 30-60, 60"):
+            yaw_repeats(yaw, bad)
+
+
+def test_repeated_faces_are_the_same_face_with_their_own_augmentation(data):
+    """Sample k of an oversampled epoch is face face_of[k]: without augmentation exactly that
+    face's sample; with augmentation each appearance is drawn with its own seed."""
+    from prn_blender.core.layout import load_layout
+    from prn_blender.training.augment import NO_AUGMENTATION, AugmentSettings
+    from prn_blender.training.dataset import ShardSamples
+
+    shards, layout = data
+    layout = load_layout(layout)
+    repeats = np.array([1, 3, 1, 1, 2, 1, 1, 2])
+    plain = ShardSamples(shards, layout, 0, NO_AUGMENTATION)
+    repeated = ShardSamples(shards, layout, 0, NO_AUGMENTATION, repeats=repeats)
+    assert len(plain) == 8 and len(repeated) == 12
+    assert repeated.face_of.tolist() == [0, 1, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7]
+    for k, face in ((0, 0), (3, 1), (7, 4), (11, 7)):
+        for x, y in zip(repeated[(2, k)], plain[(2, face)], strict=True):
+            assert torch.equal(x, y)
+    augmented = ShardSamples(shards, layout, 0, AugmentSettings(), repeats=repeats)
+    assert not torch.equal(augmented[(2, 1)][0], augmented[(2, 2)][0])
+    with pytest.raises(ValueError, match="one repeat count"):
+        ShardSamples(shards, layout, 0, NO_AUGMENTATION, repeats=repeats[:5])
+
+
+def test_yaw_repeats_run_trains_and_resumes_only_with_the_same_repeats(data, tmp_path):
+    import json
+
+    from prn_blender.training.dataset import yaw_repeats
+    from prn_blender.training.shards import ShardDataset
+
+    shards, _ = data
+    expected = int(yaw_repeats(ShardDataset(shards).yaw_deg, (1, 2, 3)).sum())
+    assert expected > 8  # the synthetic faces' yaws span -60..60 degrees
+    run = tmp_path / "run"
+    train(_config(data, run, max_steps=2, yaw_repeats=(1, 2, 3)))
+    info = json.loads((run / "config.json").read_text())
+    assert info["faces"] == 8 and info["samples_per_epoch"] == expected
+    with pytest.raises(ValueError, match="--yaw-repeats 1,2,3"):
+        train(_config(data, run, max_steps=3, resume=True))
+    train(_config(data, run, max_steps=3, resume=True, yaw_repeats=(1, 2, 3)))
+    assert [int(r["step"]) for r in _log(run)] == [1, 2, 3]
+    epoch = float(_log(run)[-1]["epoch"])
+    assert epoch == pytest.approx(3 * 2 / expected, abs=1e-4)
