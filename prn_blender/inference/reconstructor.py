@@ -63,7 +63,11 @@ REFINE_PASSES = 2
 landmarks, and the surface is the mean of the two refined ones. On the 1,000 AFLW dev faces
 (whose box is only implied by the storage crop; balanced NME, step-21,035 weights, mirror
 averaged): first pass 7.84 %, one refinement 7.54 %, two 7.41 %, mean of the two 7.35 %; on
-300W (box from the labels) 4.01 / 4.05 / 4.06 / 4.03 %."""
+300W (box from the labels) 4.01 / 4.05 / 4.06 / 4.03 %. Those figures were dev faces, which
+should not choose settings; re-checked on TRAINING faces in session 8 (session-8 weights, the
+whole product, 150 AFLW faces per |yaw| bin and 150 300W faces; AFLW 0-30 / 30-60 / 60+ /
+balanced, 300W): one pass 4.93 / 5.11 / 6.13 / 5.39 %, 3.34 %; two passes 4.85 / 5.07 / 6.16 /
+5.36 %, 3.34 %; three passes 4.81 / 5.08 / 6.29 / 5.39 %, 3.36 %. Two stays."""
 REFINE_MAX_SIDE_CHANGE = 2.0
 """The refinement pass is kept only if its box side is within this factor of the first box and
 its centre within half a side of it (guards against a network that missed the face)."""
