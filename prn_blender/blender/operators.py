@@ -312,7 +312,7 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
     averaging: BoolProperty(
         name="Average Views",
         description="Also run the network on mirrored and slightly turned copies of the face "
-                    "and average the surfaces: closer landmarks and shape, about six times the "
+                    "and average the surfaces: closer landmarks and shape, about ten times the "
                     "network time (off: a quick preview)",
         default=True)
 

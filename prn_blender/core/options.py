@@ -34,22 +34,33 @@ the mesh; with the session-5 weights that also scored better on the dev faces th
 product pipeline (300W 3.88 -> 3.78 %, AFLW balanced 6.86 -> 6.85 %; sigma 3: 3.80 / 6.84 %)."""
 
 
-ROTATION_AVERAGE_DEG = 15.0
+ROTATION_AVERAGE_DEG = 24.0
 """Default `ReconstructOptions.rotation_average_deg` (test-time augmentation). The network's
 errors change with the face's roll in the crop, so the mean over rolled crops is closer to the
-truth. Chosen on 300 training faces of each labelled set (session-6 weights, product pipeline,
-NME %), never on the dev split:
+truth. Chosen on training faces of each labelled set (product pipeline, NME %), never on the
+dev split. Session 6 (session-6 weights, 300 faces per set):
 
     turns                       AFLW balanced   300W
     none                        6.53            3.60
     +/-8                        6.25            3.54
-    +/-15 (default)             6.22            3.50
+    +/-15                       6.22            3.50
     +/-20                       6.19            3.51
     +/-10 and +/-20 (5 crops)   6.13            3.49
     +/-15, refinement only      6.47            3.54
 
+Session 9 (session-8 weights; 120 AFLW faces per |yaw| bin, 120 300W faces):
+
+    turns                           AFLW balanced   300W
+    +/-15 (the default until then)  5.397           3.263
+    +/-10, +/-20                    5.355           3.194
+    +/-12, +/-24 (default)          5.342           3.183
+    +/-15, +/-30                    5.349           3.172
+    +/-8, +/-16, +/-24 (7 crops)    5.339           3.188
+
 Turning the first pass's crop matters most on AFLW profiles, where that pass places the box.
 """
+ROTATION_AVERAGE_STEPS = 2
+"""Default `ReconstructOptions.rotation_average_steps`: turns per side (ROTATION_AVERAGE_DEG)."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +90,12 @@ class ReconstructOptions:
     time; dev NME 8.55 -> 8.19 % on AFLW, 4.57 -> 4.24 % on 300W with the session-4
     weights). Ignored for a layout that is not mirror-symmetric."""
     rotation_average_deg: float = ROTATION_AVERAGE_DEG
-    """Also run every crop turned by -/+ this angle (degrees, in the image plane) and average
-    the three surfaces in photo space (three times the network time; 0 = off). See
-    ROTATION_AVERAGE_DEG."""
+    """Also run every crop turned in the image plane by up to -/+ this angle (degrees;
+    `rotation_average_steps` turns per side, evenly spaced) and average the surfaces in photo
+    space (1 + 2 x steps times the network time; 0 = off). See ROTATION_AVERAGE_DEG."""
+    rotation_average_steps: int = ROTATION_AVERAGE_STEPS
+    """Turns per side for `rotation_average_deg` (1-4): 2 turns by -/+ half the angle and
+    -/+ the whole angle."""
     smoothing: float = SMOOTHING_TEXELS
     """Gaussian smoothing of the predicted surface (mesh, texture lookup, pose), sigma in
     texels of the network's output (0 = the raw output): UV texels for weights that run at
@@ -94,6 +108,10 @@ class ReconstructOptions:
         if not 0.0 <= self.rotation_average_deg <= 45.0:
             raise ValueError("rotation_average_deg must be 0..45 degrees, "
                              f"got {self.rotation_average_deg}")
+        object.__setattr__(self, "rotation_average_steps", int(self.rotation_average_steps))
+        if not 1 <= self.rotation_average_steps <= 4:
+            raise ValueError("rotation_average_steps must be 1..4, "
+                             f"got {self.rotation_average_steps}")
         if not 0.0 <= self.smoothing <= 8.0:
             raise ValueError(f"smoothing must be 0..8 texels, got {self.smoothing}")
         if not 64 <= int(self.texture_size) <= 8192:
@@ -106,6 +124,15 @@ class ReconstructOptions:
                 if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
                     raise ValueError(f"a face box must be (x0, y0, x1, y1), x1>x0, y1>y0: {box}")
             object.__setattr__(self, "boxes", boxes)
+
+    @property
+    def rotation_turns_deg(self) -> tuple[float, ...]:
+        """The in-plane turns each crop is run at, degrees: 0 first, then -/+ each step."""
+        if self.rotation_average_deg <= 0:
+            return (0.0,)
+        n = self.rotation_average_steps
+        steps = [self.rotation_average_deg * k / n for k in range(1, n + 1)]
+        return (0.0, *[sign * a for a in steps for sign in (-1.0, 1.0)])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import __version__
 from ..core.options import (
     ROTATION_AVERAGE_DEG,
+    ROTATION_AVERAGE_STEPS,
     SMOOTHING_TEXELS,
     Detector,
     FaceSelection,
@@ -87,9 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run each crop once, not also mirrored (about half the network time)")
     rec.add_argument("--rotation-average", type=float, default=ROTATION_AVERAGE_DEG,
                      metavar="DEGREES",
-                     help="also run each crop turned by -/+ this angle and average the surfaces "
-                          f"(default {ROTATION_AVERAGE_DEG:g}; 0 = off, a third of the network "
-                          "time)")
+                     help="also run each crop turned by up to -/+ this angle and average the "
+                          f"surfaces (default {ROTATION_AVERAGE_DEG:g}; 0 = off, a fifth of the "
+                          "network time)")
+    rec.add_argument("--rotation-steps", type=int, default=ROTATION_AVERAGE_STEPS,
+                     metavar="N",
+                     help="turns per side for --rotation-average, evenly spaced "
+                          f"(default {ROTATION_AVERAGE_STEPS}: -/+ half and -/+ the whole angle)")
     rec.add_argument("--smoothing", type=float, default=SMOOTHING_TEXELS, metavar="TEXELS",
                      help="Gaussian smoothing of the surface, sigma in network output texels "
                           f"(default {SMOOTHING_TEXELS:g}; 0 = the network's raw output)")
@@ -166,7 +171,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             mirror_fill=not args.no_mirror_fill,
             detector=Detector(args.detector), yunet_model=args.yunet, refine=not args.no_refine,
             mirror_average=not args.no_mirror_average,
-            rotation_average_deg=args.rotation_average, smoothing=args.smoothing)
+            rotation_average_deg=args.rotation_average,
+            rotation_average_steps=args.rotation_steps, smoothing=args.smoothing)
     except ValueError as error:
         _error_line(str(error))
         return EXIT_FAILED

@@ -6,11 +6,12 @@
 Pipeline (DESIGN.md sections 0 and 3): load the photo (core.photo) -> detect faces
 (inference.detect, or the caller's tight 68-landmark boxes) -> each detector box mapped to the
 tight landmark box -> crop (`crop_from_box(box, LANDMARK_BOX)`, the training crop) -> PRNet
-(with its mirrored and -/+15 degree turned copies, each uncropped, then averaged:
-`ReconstructOptions.mirror_average`, `.rotation_average_deg`) -> optional refinement (re-crop
-from the tight box of the predicted 68 landmarks, the box the network was trained on, turned
-upright when the face is rolled, and run again) -> mesh, UVs, texture, visibility, landmarks
-(at the weights file's fitted readout when it has one, `WeightsInfo.landmark_texels`), pose.
+(with its mirrored copy and copies turned by -/+12 and -/+24 degrees, each uncropped, then
+averaged: `ReconstructOptions.mirror_average`, `.rotation_average_deg`) -> optional
+refinement (re-crop from the tight box of the predicted 68 landmarks, the box the network
+was trained on, turned upright when the face is rolled, and run again) -> mesh, UVs,
+texture, visibility, landmarks (at the weights file's fitted readout when it has one,
+`WeightsInfo.landmark_texels`), pose.
 All crops of one pass run as one batch.
 """
 
@@ -201,9 +202,9 @@ class Reconstructor:
         report(0.3, f"Reconstructing {len(tight)} face{'s' if len(tight) > 1 else ''}")
         r = self.layout.resolution
         mirror = options.mirror_average and self.layout.is_mirror_symmetric
-        turn = options.rotation_average_deg
+        turns = options.rotation_turns_deg
         maps = self._predict(photo, [crop_from_box(box, LANDMARK_BOX, r) for box in tight],
-                             mirror, turn)
+                             mirror, turns)
         if options.refine:
             # Each pass re-crops from the last one's landmarks; the result is the mean of the
             # last two refined surfaces (same texels, photo px), see REFINE_PASSES.
@@ -215,7 +216,7 @@ class Reconstructor:
                 redo = [i for i, crop in enumerate(refined) if crop is not None]
                 if not redo:
                     break
-                again = self._predict(photo, [refined[i][1] for i in redo], mirror, turn)
+                again = self._predict(photo, [refined[i][1] for i in redo], mirror, turns)
                 for i, pm in zip(redo, again, strict=True):
                     maps[i], tight[i] = pm, refined[i][0]
                     refined_maps[i].append(pm)
@@ -241,17 +242,17 @@ class Reconstructor:
         return y.permute(0, 2, 3, 1).float().cpu().numpy()
 
     def _predict(self, photo: np.ndarray, transforms: list[CropTransform],
-                 mirror_average: bool = False, rotation_deg: float = 0.0) -> list[np.ndarray]:
-        """Position maps in photo pixels, one per crop. `rotation_deg` > 0 also runs each crop
-        turned by -/+ that angle about its centre (one batch) and returns the mean of the three
-        surfaces, each uncropped to the photo first (see ReconstructOptions)."""
-        turns = (0.0, -rotation_deg, rotation_deg) if rotation_deg > 0 else (0.0,)
-        views = [rotated_crop(t, a) if a else t for t in transforms for a in turns]
+                 mirror_average: bool = False, turns_deg: tuple[float, ...] = (0.0,)
+                 ) -> list[np.ndarray]:
+        """Position maps in photo pixels, one per crop: the mean over each crop turned about
+        its centre by each of `turns_deg` (one batch; `ReconstructOptions.rotation_turns_deg`),
+        each surface uncropped to the photo first."""
+        views = [rotated_crop(t, a) if a else t for t in transforms for a in turns_deg]
         # Reflected borders, as in training: crops never show black edges.
         crops = np.stack([_warp(photo, t, cv2.BORDER_REFLECT101) for t in views])
         maps = self._forward(crops, mirror_average)
         photo_maps = [uncrop_position_map(pm, t) for pm, t in zip(maps, views, strict=True)]
-        k = len(turns)
+        k = len(turns_deg)
         return [np.mean(photo_maps[i * k : (i + 1) * k], axis=0, dtype=np.float32)
                 for i in range(len(transforms))]
 

@@ -105,3 +105,12 @@ def test_unknown_format_is_an_argument_error(tmp_path, capsys):
         main(["reconstruct", "x.jpg", "-o", str(tmp_path), "--format", "fbx"])
     assert exit_info.value.code == 2
     assert "unknown format(s) fbx" in capsys.readouterr().err
+
+
+def test_bad_rotation_steps_is_one_line_and_nothing_is_written(astronaut_jpg, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(astronaut_jpg), "-o", str(out), "--rotation-steps", "9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "rotation_average_steps must be 1..4, got 9" in err
+    assert not out.exists() or not any(out.iterdir())

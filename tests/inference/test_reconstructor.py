@@ -202,18 +202,26 @@ def test_rotation_average_uncrops_each_turned_crop_before_averaging(reconstructo
         return np.stack(maps)
 
     monkeypatch.setattr(reconstructor, "_forward", dot_finder)
-    for turn in (0.0, 15.0):
+    for turn, steps, crops in ((0.0, 2, 1), (15.0, 1, 3), (24.0, 2, 5)):
         seen.clear()
         options = ReconstructOptions(texture_size=64, refine=False, smoothing=0.0,
-                                     rotation_average_deg=turn, mirror_fill=False)
+                                     rotation_average_deg=turn, rotation_average_steps=steps,
+                                     mirror_fill=False)
         (face,) = reconstructor.reconstruct(photo, boxes=[box], options=options)
         mask = reconstructor.layout.face_mask
         np.testing.assert_allclose(face.position_map[mask][:, :2].mean(axis=0), dot, atol=0.3)
-        assert len(seen) == (3 if turn else 1)
-        if turn:  # the turned crops saw the dot elsewhere (72 crop px off centre: 19 px apart)
-            assert np.linalg.norm(seen[1] - seen[0]) > 8.0
+        assert len(seen) == crops
+        # Each turned crop saw the dot elsewhere (72 crop px off centre: 19 px apart at 15
+        # degrees), and no two crops saw it at the same place.
+        distances = [np.linalg.norm(a - b) for i, a in enumerate(seen) for b in seen[:i]]
+        assert all(d > 8.0 for d in distances)
+    assert ReconstructOptions(rotation_average_deg=24.0).rotation_turns_deg == (
+        0.0, -12.0, 12.0, -24.0, 24.0)
+    assert ReconstructOptions(rotation_average_deg=0.0).rotation_turns_deg == (0.0,)
     with pytest.raises(ValueError, match="rotation_average_deg"):
         ReconstructOptions(rotation_average_deg=60.0)
+    with pytest.raises(ValueError, match="rotation_average_steps"):
+        ReconstructOptions(rotation_average_steps=0)
 
 
 def test_weights_readout_moves_the_landmarks_on_the_same_surface(untrained_weights, tmp_path,
