@@ -18,7 +18,8 @@ weights as an uninterrupted run.
 
 Outputs in RUN/: last.pt, log.csv (step, epoch, lr, loss, landmark NME of the batch in %,
 img/s, wall s), loss.png (drawn with OpenCV), eval.csv (the `evaluate_fn` hook, every
---eval-minutes), config.json. Distributed: see distributed.py (same code, under torchrun).
+--eval-minutes), config.json; with --keep-evaluated, stepN.pt: each checkpoint an evaluation
+scored. Distributed: see distributed.py (same code, under torchrun).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -108,6 +110,11 @@ class TrainConfig:
     yaw_repeats: tuple[int, int, int] = (1, 1, 1)
     """Appearances per epoch of a face with |yaw| in 0-30, 30-60, 60+ degrees
     (`dataset.yaw_repeats`; faces of unknown yaw appear once). (1, 1, 1) = each face once."""
+    keep_evaluated: bool = False
+    """Keep the checkpoint each in-training evaluation scored as RUN/stepN.pt (`keep_copy`), so
+    a full evaluation afterwards can pick the best point of a learning-rate cycle: the quick
+    evaluation's 100 faces per set are too few to pick by (session 9: its best AFLW figure
+    came mid-cycle, and only last.pt was left)."""
 
 
 def bf16_useful(device: torch.device) -> bool:
@@ -130,6 +137,19 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def keep_copy(checkpoint: Path, step: int) -> Path:
+    """`checkpoint` kept beside it as stepN.pt: a hard link, since `_atomic_save` replaces
+    last.pt rather than writing into it (no extra disk until it does), or a copy where the
+    file system has no hard links."""
+    kept = checkpoint.with_name(f"step{step}.pt")
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, kept)
+    except OSError:
+        shutil.copyfile(checkpoint, kept)
+    return kept
 
 
 def checkpoint_input_size(checkpoint: dict, default: int) -> int:
@@ -468,6 +488,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
                         now - last_eval >= config.eval_minutes * 60:
                     save()
                     last_ckpt = time.monotonic()
+                    if config.keep_evaluated:
+                        keep_copy(ckpt_path, step)
                     figures = evaluate_fn(model if ema is None else ema.module)
                     _append_csv(eval_path, ["step", "epoch", "wall_s", *figures],
                                 [step, f"{epoch + position / n:.4f}",
@@ -598,6 +620,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--yaw-repeats", type=_three_counts, default=(1, 1, 1), metavar="A,B,C",
       help="per epoch, show faces with |yaw| in 0-30, 30-60, 60+ degrees A, B, C times "
            "(unknown yaw: once; default 1,1,1)")
+    a("--keep-evaluated", action="store_true",
+      help="keep each checkpoint the periodic evaluation scored as RUN/stepN.pt (hard links; "
+           "about 210 MB each once last.pt moves on), to pick the best by a full eval later")
     a("--width", type=int, default=16, help=argparse.SUPPRESS)  # tests only
 
 
@@ -625,4 +650,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         dist_timeout_s=args.dist_timeout_s, ema_decay=args.ema_decay,
         gradient_loss_weight=args.gradient_loss_weight,
         mirror_probability=args.mirror_probability, yaw_repeats=args.yaw_repeats,
+        keep_evaluated=args.keep_evaluated,
     )

@@ -207,6 +207,30 @@ def test_evaluate_hook_results_go_to_eval_csv(data, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(calls) == 2  # after steps 1 and 2; step 3 is the last step
     assert rows[0]["step"] == "1" and float(rows[0]["dev_nme"]) == 12.5
+    assert not list((tmp_path / "run").glob("step*.pt"))  # only with keep_evaluated
+
+
+def test_keep_evaluated_keeps_each_scored_checkpoint_as_it_was(data, tmp_path):
+    run = tmp_path / "run"
+    scored: list[dict[str, torch.Tensor]] = []
+
+    def evaluate(model):
+        scored.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"dev_nme": 1.0}
+
+    train(_config(data, run, max_steps=3, eval_minutes=0.0, ema_decay=0.5, lr=1e-3,
+                  keep_evaluated=True), evaluate)
+    assert sorted(p.name for p in run.glob("step*.pt")) == ["step1.pt", "step2.pt"]
+    for step, weights in zip((1, 2), scored, strict=True):
+        kept = load_checkpoint(run / f"step{step}.pt")
+        assert kept["step"] == step
+        # What the evaluation scored, not what last.pt became after it was replaced.
+        _assert_same_weights(weights, checkpoint_weights(kept))
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 3
+    first = checkpoint_weights(load_checkpoint(run / "step1.pt"))
+    assert any(not torch.equal(v, first[k]) for k, v in checkpoint_weights(last).items()
+               if v.is_floating_point())
 
 
 def test_export_writes_safetensors_with_layout_id_and_checkpoint_weights(data, tmp_path):
