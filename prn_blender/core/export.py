@@ -51,6 +51,12 @@ def triangles_for_export(triangles: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(triangles, dtype=np.uint32)
 
 
+def obj_side_files(obj_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The material library and texture `write_obj` writes beside a textured OBJ."""
+    path = Path(obj_path)
+    return path.with_suffix(".mtl"), path.with_name(f"{path.stem}_texture.png")
+
+
 def write_obj(
     path: str | os.PathLike[str], vertices: np.ndarray, triangles: np.ndarray,
     uvs: np.ndarray, texture: np.ndarray | None = None,
@@ -59,7 +65,8 @@ def write_obj(
 
     vertices: (N, 3) export frame (`vertices_for_export`); triangles: (T, 3) layout winding;
     uvs: (N, 2) v up. With `texture` ((S, S, 3) uint8 RGB), also writes <stem>.mtl and
-    <stem>.png beside the OBJ and references them."""
+    <stem>_texture.png beside the OBJ and references them (`obj_side_files`; not <stem>.png,
+    which would be the photo itself when it was a PNG in the same folder)."""
     path = Path(path)
     v = np.asarray(vertices, dtype=np.float64)
     vt = np.asarray(uvs, dtype=np.float64)
@@ -68,7 +75,7 @@ def write_obj(
         raise ValueError(f"need one UV per vertex: {vt.shape[0]} UVs for {v.shape[0]} vertices")
     parts = ["# prn-blender face mesh: metres, +Y up, +Z towards the viewer\n"]
     if texture is not None:
-        mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
+        mtl_path, png_path = obj_side_files(path)
         _write_png(png_path, texture)
         mtl_path.write_text(
             "newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\n"
@@ -223,7 +230,7 @@ EXPORT_SUFFIXES = (".obj", ".glb", ".ply", ".json")
 
 
 def export_face_result(path: str | os.PathLike[str], result: FaceResult) -> None:
-    """Write a reconstructed face in the format its suffix names: .obj (+ .mtl + .png),
+    """Write a reconstructed face in the format its suffix names: .obj (+ .mtl + _texture.png),
     .glb (with normals and the texture), .ply (vertex colours from the texture) or .json
     (landmarks, pose, scale). Meshes are in metres at the assumed-adult-face scale
     (`FaceResult.metres_per_px`), origin at the centre of the vertices' bounding box (as in

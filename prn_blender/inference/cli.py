@@ -7,8 +7,9 @@
 
 The model is loaded once and reused for every photo. Every failure an artist can fix prints
 one line (`prn-blender: error: ...`) and exits non-zero; `--debug` shows tracebacks instead.
-Exit codes: 0 all photos done, 1 some photos failed (the others were written), 2 nothing
-could run (weights, device, arguments).
+Exit codes: 0 all photos done, 1 one or more photos failed (the others were written), 2 nothing
+could run (weights, device, arguments, output folder). Outputs never overwrite an input photo
+or each other: a clash gets the next free name (<stem>_2...).
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(
         "One photo of a person to a textured 3D face mesh (PRNet, Feng et al., ECCV 2018)."))
@@ -60,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", help="weights .safetensors file (default: installed)")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                        help="where the network runs (auto: CUDA, else MPS, else CPU)")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        p.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads for torch")
         p.add_argument("--allow-untrained", action="store_true",
                        help="accept an untrained weights file (plumbing tests: garbage output)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -135,25 +147,70 @@ def _load_reconstructor(args: argparse.Namespace):
     return reconstructor
 
 
+def _path_key(path: Path) -> str:
+    """Identity of a file for clash checks: resolved and lower-cased (macOS and Windows
+    folders ignore case, so 'Face.obj' and 'face.obj' are one file there)."""
+    return os.path.normcase(str(path.resolve())).lower()
+
+
+def _planned_outputs(out: Path, base: str, faces: int, formats: Sequence[str],
+                     landmarks_json: bool) -> list[tuple[int, Path, list[Path]]]:
+    """(face index, path to write, every file that write creates) for one photo."""
+    from ..core.export import obj_side_files
+
+    planned = []
+    for index in range(faces):
+        name = base if faces == 1 else f"{base}_face{index}"
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            planned.append((index, path, [path, *obj_side_files(path)] if fmt == "obj"
+                            else [path]))
+        if landmarks_json:
+            path = out / f"{name}_landmarks.json"
+            planned.append((index, path, [path]))
+    return planned
+
+
 def _write_outputs(results: list, out: Path, stem: str, formats: Sequence[str],
-                   landmarks_json: bool) -> list[Path]:
+                   landmarks_json: bool, reserved: set[str],
+                   also_reserve: Sequence[str] = ()) -> list[Path]:
+    """Write one photo's faces as <stem>.<fmt> (<stem>_face<i>.<fmt> for several faces), or
+    <stem>_2... when any of those files is in `reserved`: the run's input photos and what
+    earlier photos of the run wrote (two photos 'face.jpg' from different folders, or the
+    photo itself in the output folder, are never written over). Adds what it wrote, and
+    <base><suffix> for each of `also_reserve` (files the caller writes itself)."""
     from ..core.export import export_face_result
 
+    base, number = stem, 1
+    while True:
+        planned = _planned_outputs(out, base, len(results), formats, landmarks_json)
+        extra = [out / f"{base}{suffix}" for suffix in also_reserve]
+        files = [f for _, _, fs in planned for f in fs] + extra
+        if not any(_path_key(f) in reserved for f in files):
+            reserved.update(_path_key(f) for f in extra)
+            break
+        number += 1
+        base = f"{stem}_{number}"
     written = []
-    for index, result in enumerate(results):
-        base = stem if len(results) == 1 else f"{stem}_face{index}"
-        for fmt in formats:
-            path = out / f"{base}.{fmt}"
-            if fmt == "npz":
-                result.save_npz(path)
-            else:
-                export_face_result(path, result)
-            written.append(path)
-        if landmarks_json:
-            path = out / f"{base}_landmarks.json"
-            export_face_result(path, result)
-            written.append(path)
+    for index, path, files in planned:
+        if path.suffix == ".npz":
+            results[index].save_npz(path)
+        else:
+            export_face_result(path, results[index])
+        reserved.update(_path_key(f) for f in files)
+        written.append(path)
     return written
+
+
+def _prepare_out_dir(out: Path) -> str | None:
+    """Create the output folder; why it cannot be used, or None."""
+    if out.exists() and not out.is_dir():
+        return f"the output '{out}' is a file, not a folder; choose a folder for -o."
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the output folder '{out}' ({error.strerror or error})."
+    return None
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -176,8 +233,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except ValueError as error:
         _error_line(str(error))
         return EXIT_FAILED
+    problem = _prepare_out_dir(args.out)
+    if problem:
+        _error_line(problem)
+        return EXIT_FAILED
     reconstructor = _load_reconstructor(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    reserved = {_path_key(p) for p in photos}
     failed = 0
     bar = tqdm(photos, unit="photo", disable=len(photos) < 2, file=sys.stderr)
     for photo in bar:
@@ -185,16 +246,23 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         try:
             results = reconstructor.reconstruct(photo, options=options)
             written = _write_outputs(results, args.out, photo.stem, args.format,
-                                     args.landmarks_json)
-        except PrnError as error:
+                                     args.landmarks_json, reserved)
+        except (PrnError, OSError) as error:
             if args.debug:
                 raise
             failed += 1
-            tqdm.write(f"{PROG}: error: {error}", file=sys.stderr)
+            message = (str(error) if isinstance(error, PrnError) else
+                       f"could not write the results of '{photo.name}' to {args.out} "
+                       f"({error.strerror or error}).")
+            tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
             continue
         tqdm.write(f"{photo.name}: {len(results)} face{'s' if len(results) != 1 else ''} -> "
                    f"{', '.join(p.name for p in written)}", file=sys.stdout)
     bar.close()
+    if failed == len(photos):
+        print(f"{PROG}: none of the {len(photos)} photo(s) could be reconstructed.",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
     if failed:
         print(f"{PROG}: {failed} of {len(photos)} photo(s) failed; the others are in "
               f"{args.out}", file=sys.stderr)
@@ -266,12 +334,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         photo, stem = np.ascontiguousarray(data.astronaut()[:, :, :3]), "astronaut"
     else:
         photo, stem = load_photo(args.photo), Path(args.photo).stem
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        _error_line(f"the output '{out}' is a file, not a folder; choose a folder for -o.")
+        return EXIT_FAILED
     reconstructor = _load_reconstructor(args)
     results = reconstructor.reconstruct(photo)
     result = results[0]
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    written = _write_outputs([result], out, stem, ("obj", "glb"), landmarks_json=False)
+    problem = _prepare_out_dir(out)
+    if problem:
+        _error_line(problem)
+        return EXIT_FAILED
+    reserved = set() if args.photo is None else {_path_key(Path(args.photo))}
+    written = _write_outputs([result], out, stem, ("obj", "glb"), False, reserved,
+                             also_reserve=("_preview.png", ".blend"))
+    stem = written[0].stem  # <stem>_2 when one of the files would be the photo itself
     preview = render_preview(result.vertices, result.triangles, photo, result.landmarks)
     preview_path = out / f"{stem}_preview.png"
     cv2.imwrite(str(preview_path), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))

@@ -84,8 +84,9 @@ def test_obj_round_trips_vertices_uvs_faces_and_texture(tmp_path, mesh):
     np.testing.assert_array_equal(f[:, :, 1], f[:, :, 0])  # vt index = v index
     text = path.read_text()
     assert "mtllib face.mtl" in text and "usemtl face" in text
-    assert "map_Kd face.png" in (tmp_path / "face.mtl").read_text()
-    png = cv2.imread(str(tmp_path / "face.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert "map_Kd face_texture.png" in (tmp_path / "face.mtl").read_text()
+    assert not (tmp_path / "face.png").exists()  # a photo face.png beside it stays untouched
+    png = cv2.imread(str(tmp_path / "face_texture.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
     np.testing.assert_array_equal(png, texture)
 
 

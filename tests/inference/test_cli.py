@@ -29,7 +29,8 @@ def test_reconstruct_folder_writes_every_format(photo_folder, tmp_path, untraine
                  "--allow-untrained", "--device", "cpu"])
     assert code == 0
     for stem in ("a", "b"):
-        for suffix in (".obj", ".mtl", ".png", ".glb", ".npz", ".ply", "_landmarks.json"):
+        for suffix in (".obj", ".mtl", "_texture.png", ".glb", ".npz", ".ply",
+                       "_landmarks.json"):
             assert (out / f"{stem}{suffix}").is_file(), f"{stem}{suffix}"
     landmarks = json.loads((out / "a_landmarks.json").read_text())
     assert len(landmarks["landmarks_px"]) == 68
@@ -52,6 +53,75 @@ def test_failed_photo_prints_one_line_and_the_rest_is_written(
     assert "'broken.jpg' is truncated" in err
     assert "2 of 4 photo(s) failed" in err
     assert (out / "a.obj").is_file() and (out / "b.obj").is_file()
+
+
+QUICK = ["--texture-size", "64", "--no-refine", "--no-mirror-average", "--rotation-average", "0",
+         "--allow-untrained", "--device", "cpu"]
+
+
+def test_outputs_never_overwrite_the_photo_or_each_other(tmp_path, astronaut_jpg,
+                                                         untrained_weights, capsys):
+    import cv2
+
+    # A PNG photo written into its own folder, and a same-named JPEG from another folder.
+    folder, other = tmp_path / "c", tmp_path / "d"
+    folder.mkdir()
+    other.mkdir()
+    png = folder / "face.png"
+    cv2.imwrite(str(png), cv2.imread(str(astronaut_jpg)))
+    shutil.copy(astronaut_jpg, other / "face.jpg")
+    before = png.read_bytes()
+    code = main(["reconstruct", str(png), str(other / "face.jpg"), "-o", str(folder),
+                 "--format", "obj,npz", "--weights", str(untrained_weights), *QUICK])
+    assert code == 0
+    assert png.read_bytes() == before  # the photo is untouched
+    for stem in ("face", "face_2"):
+        for suffix in (".obj", ".mtl", "_texture.png", ".npz"):
+            assert (folder / f"{stem}{suffix}").is_file(), f"{stem}{suffix}"
+    assert "map_Kd face_2_texture.png" in (folder / "face_2.mtl").read_text()
+    out = capsys.readouterr().out
+    assert "face.png: 1 face -> face.obj, face.npz" in out
+    assert "face.jpg: 1 face -> face_2.obj, face_2.npz" in out
+
+
+def test_an_output_that_is_a_file_is_one_line_before_any_work(tmp_path, astronaut_jpg, capsys):
+    target = tmp_path / "results"
+    target.write_text("a file, not a folder")
+    code = main(["reconstruct", str(astronaut_jpg), "-o", str(target)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is a file, not a folder; choose a folder for -o" in err
+    assert target.read_text() == "a file, not a folder"
+
+
+def test_zero_threads_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", "x.jpg", "-o", str(tmp_path), "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_every_photo_failing_says_so_and_writes_nothing(tmp_path, untrained_weights, capsys):
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(tmp_path / "gone.jpg"), "-o", str(out),
+                 "--weights", str(untrained_weights), *QUICK])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "none of the 1 photo(s) could be reconstructed" in err and "the others" not in err
+    assert not any(out.iterdir())
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    from prn_blender import __version__
+
+    done = subprocess.run([sys.executable, "-m", "prn_blender", "--version"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"prn-blender {__version__}"
 
 
 def test_untrained_weights_are_refused_without_the_flag(astronaut_jpg, tmp_path,
