@@ -76,15 +76,25 @@ class _Channel:
                 os._exit(0)  # the client is gone: nobody left to answer
 
 
-def _missing_dependencies() -> list[str]:
-    missing = []
+def _missing_dependencies() -> tuple[list[str], list[str]]:
+    """(pip names of the packages this interpreter lacks, 'package: error' for those that are
+    installed but fail to import: a broken or mismatched build, e.g. a DLL that will not load;
+    each also printed with its traceback to stderr, the worker log)."""
+    missing, broken = [], []
     for module, package in (("numpy", "numpy<2"), ("cv2", "opencv-python-headless"),
                             ("torch", "torch"), ("safetensors", "safetensors")):
         try:
             __import__(module)
-        except Exception:
-            missing.append(package)
-    return missing
+        except ModuleNotFoundError as error:
+            if error.name != module:  # the package is there; something it needs is not
+                broken.append(f"{package}: {type(error).__name__}: {error}")
+                traceback.print_exc(file=sys.stderr)
+            else:
+                missing.append(package)
+        except Exception as error:
+            broken.append(f"{package}: {type(error).__name__}: {error}")
+            traceback.print_exc(file=sys.stderr)
+    return missing, broken
 
 
 def _dependency_message() -> str | None:
@@ -96,14 +106,19 @@ def _dependency_message() -> str | None:
             f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer with torch and OpenCV. Choose another "
             "interpreter in the add-on preferences (or let the add-on create its environment)."
         )
-    missing = _missing_dependencies()
+    missing, broken = _missing_dependencies()
+    sentences = []
     if missing:
-        return (
+        sentences.append(
             f"The worker Python '{sys.executable}' lacks {', '.join(missing)}. Install them in "
             f"that environment (`{sys.executable} -m pip install {' '.join(missing)}`) or "
-            "choose a Python that has them in the add-on preferences."
-        )
-    return None
+            "choose a Python that has them in the add-on preferences.")
+    if broken:
+        sentences.append(
+            f"In the worker Python '{sys.executable}' these packages are installed but fail to "
+            f"import ({'; '.join(broken)}). Reinstall them in that environment (pip install "
+            "--force-reinstall) or choose another Python in the add-on preferences.")
+    return " ".join(sentences) or None
 
 
 class Worker:

@@ -188,6 +188,26 @@ def test_interpreter_without_torch_gives_dependency_error(python_without_torch, 
     assert not c.is_alive()
 
 
+def test_a_package_that_fails_to_import_is_reported_as_broken_not_missing(
+        tmp_path, monkeypatch, capsys):
+    from prn_blender.inference import worker
+
+    # An installed cv2 whose import fails (a shared library that will not load), and a
+    # safetensors that is not installed at all.
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "__init__.py").write_text(
+        "raise OSError('libGL.so.1: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    message = worker._dependency_message()
+    assert "lacks safetensors." in message and "opencv" not in message.split("lacks")[1][:40]
+    assert ("these packages are installed but fail to import (opencv-python-headless: "
+            "OSError: libGL.so.1: cannot open shared object file)") in message
+    assert "--force-reinstall" in message
+    assert "libGL.so.1" in capsys.readouterr().err  # the traceback goes to the worker log
+
+
 def test_missing_interpreter_gives_worker_error(tmp_path):
     c = WorkerClient(str(tmp_path / "no-python"))
     with pytest.raises(WorkerError, match="does not exist"):
