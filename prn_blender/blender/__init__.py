@@ -21,6 +21,8 @@ def register() -> None:
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(operators._watch_check):
+        bpy.app.timers.unregister(operators._watch_check)
     operators.shutdown_client()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_func_import)
     for cls in reversed(classes):

@@ -7,12 +7,17 @@ Blender session (module registry below, restarted when dead or when the preferen
 operator polls it from a window-manager timer (progress in the status bar, ESC or the Cancel
 button stops it), headless (`bpy.app.background`: timers never fire) `execute()` waits for it.
 Faces are built into the scene only when every job has finished, in the operator's last call,
-so one undo step removes them all.
+so one undo step removes them all. A worker fault mid-batch keeps the faces already finished.
+Adjust Last Operation and Repeat Last run synchronously (Blender's redo cannot follow a modal
+operator): they rebuild from the last batch's results when only scene options changed, else
+wait for the worker.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -43,6 +48,10 @@ from . import preferences, scene, worker_env
 IMAGE_GLOB = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
 IMAGE_EXTENSIONS = frozenset(e[1:] for e in IMAGE_GLOB.replace("*", "").split(";"))
 POLL_INTERVAL_S = 0.1
+DEFAULT_START_TIMEOUT_S = 120.0
+"""Worker start-up (and, again, model load) limit when the add-on's preferences are absent."""
+CACHE_MAX_FACES = 16
+"""Faces of the last batch kept for Adjust Last Operation (about 5-20 MB each)."""
 
 FACE_ITEMS = (
     (FaceSelection.LARGEST.value, "Largest", "Only the largest face in each photo"),
@@ -73,6 +82,7 @@ def client_settings(context: bpy.types.Context | None = None) -> dict:
         "python": python or worker_env.default_python(),
         "device": prefs.device if prefs else "auto",
         "weights": weights,
+        "start_timeout_s": float(prefs.start_timeout) if prefs else DEFAULT_START_TIMEOUT_S,
     }
 
 
@@ -146,6 +156,7 @@ class ReconstructionBatch:
         self.fatal: PrnError | None = None
         """A worker-level failure (start-up, crash): stops the batch."""
         self._job = None
+        self._starting = False
         self._lock = threading.Lock()
         self._message = "Starting the worker"
         self._thread = threading.Thread(target=self._run, name="prn-batch", daemon=True)
@@ -164,11 +175,16 @@ class ReconstructionBatch:
         return self.finished
 
     def cancel(self) -> None:
+        """Stop the batch: cancels the running job, or, while the worker is still starting
+        (up to the start timeout), stops the worker so the batch ends at once."""
         with self._lock:
             self.cancelled = True
-            job = self._job
+            job, starting = self._job, self._starting
         if job is not None:
             job.cancel()
+        elif starting:
+            threading.Thread(target=self.client.shutdown, name="prn-cancel-start",
+                             daemon=True).start()
 
     def poll(self) -> tuple[float, str]:
         """(fraction 0..1 over all photos, status text)."""
@@ -185,8 +201,12 @@ class ReconstructionBatch:
 
     def _run(self) -> None:
         try:
-            if not self.cancelled:
+            with self._lock:
+                self._starting = not self.cancelled
+            if self._starting:
                 self.client.start()
+            with self._lock:
+                self._starting = False
             for photo in self.photos:
                 if self.cancelled:
                     break
@@ -211,7 +231,8 @@ class ReconstructionBatch:
                     self._job = None
                     self.outcomes.append(outcome)
         except PrnError as error:
-            self.fatal = error
+            if not self.cancelled:  # a start stopped by `cancel` is not a fault
+                self.fatal = error
         except Exception as error:  # a bug: keep the traceback, tell the artist
             traceback.print_exc()
             self.fatal = WorkerError(f"Internal error ({type(error).__name__}: {error}); see the "
@@ -219,6 +240,17 @@ class ReconstructionBatch:
         finally:
             with self._lock:
                 self._job = None
+                self._starting = False
+
+
+@dataclass
+class FinishedBatch:
+    """A batch's outcomes without a worker behind them (a redo rebuilding the last results)."""
+
+    photos: list[str]
+    outcomes: list[PhotoOutcome]
+    cancelled: bool = False
+    fatal: PrnError | None = None
 
 
 # ---------------------------------------------------------------------------- operators
@@ -228,6 +260,27 @@ _ACTIVE_BATCH: ReconstructionBatch | None = None
 
 def active_batch() -> ReconstructionBatch | None:
     return _ACTIVE_BATCH
+
+
+_LAST_RESULTS: tuple[tuple, list[PhotoOutcome]] | None = None
+"""(key, outcomes) of the last finished batch, for Adjust Last Operation: the key is the
+photos, the reconstruction options and the worker settings that made the outcomes."""
+
+
+def _results_key(photos: list[str], options: ReconstructOptions, settings: dict) -> tuple:
+    return (tuple(photos), json.dumps(options.to_dict(), sort_keys=True),
+            tuple(sorted(settings.items())))
+
+
+def remember_results(key: tuple, outcomes: list[PhotoOutcome]) -> None:
+    """Keep a finished batch's outcomes for a redo (small batches only: they hold textures)."""
+    global _LAST_RESULTS
+    faces = sum(len(o.faces) for o in outcomes)
+    _LAST_RESULTS = (key, outcomes) if faces <= CACHE_MAX_FACES else None
+
+
+def remembered_results(key: tuple) -> list[PhotoOutcome] | None:
+    return _LAST_RESULTS[1] if _LAST_RESULTS is not None and _LAST_RESULTS[0] == key else None
 
 
 def photo_paths(filepath: str, directory: str, files: list[str]) -> list[str]:
@@ -353,14 +406,21 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
                 raise WorkerError("A reconstruction is already running; wait for it or cancel "
                                   "it (Esc, or Cancel in the PRN sidebar tab).")
             options = self.reconstruct_options(context)
+            key = _results_key(photos, options, client_settings(context))
+            repeat = self.options.is_repeat or self.options.is_repeat_last
+            if repeat and (outcomes := remembered_results(key)) is not None:
+                # Adjust Last Operation changed scene options only: rebuild, no worker.
+                return self.finish(context, FinishedBatch(photos, outcomes), key)
             batch = ReconstructionBatch(get_client(context), photos, options)
         except (PrnError, ValueError) as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
         batch.start()
-        if bpy.app.background or context.window is None:
-            batch.wait()  # no event loop: timers would never fire
-            return self.finish(context, batch)
+        if bpy.app.background or context.window is None or repeat:
+            # No event loop (timers would never fire), or a redo, which must end in this call.
+            batch.wait()
+            return self.finish(context, batch, key)
+        self._results_key = key
         _ACTIVE_BATCH = batch
         wm = context.window_manager
         self._timer = wm.event_timer_add(POLL_INTERVAL_S, window=context.window)
@@ -386,7 +446,8 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
                 area.tag_redraw()
         if not batch.finished:
             return {"RUNNING_MODAL"}
-        return self._end_modal(context, self.finish(context, batch))
+        return self._end_modal(context, self.finish(context, batch,
+                                                    getattr(self, "_results_key", None)))
 
     def _end_modal(self, context: bpy.types.Context, result: set[str]) -> set[str]:
         global _ACTIVE_BATCH
@@ -400,16 +461,25 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
             context.workspace.status_text_set(None)
         return result
 
-    def finish(self, context: bpy.types.Context, batch: ReconstructionBatch) -> set[str]:
-        """Build every face of a finished batch (all or nothing) and report."""
+    def finish(self, context: bpy.types.Context, batch: ReconstructionBatch | FinishedBatch,
+               results_key: tuple | None = None) -> set[str]:
+        """Build every face of a finished batch (all or nothing) and report. A worker fault
+        (crash, hang) keeps the photos finished before it: they are built, the fault is
+        reported, and the photos after it are named."""
         if batch.cancelled:
             self.report({"WARNING"}, "Face reconstruction cancelled; nothing was added.")
             return {"CANCELLED"}
-        if batch.fatal is not None:
-            self.report({"ERROR"}, str(batch.fatal))
-            return {"CANCELLED"}
         failures = [o for o in batch.outcomes if o.error is not None]
         successes = [o for o in batch.outcomes if o.error is None and o.faces]
+        if batch.fatal is not None:
+            if not successes:
+                self.report({"ERROR"}, str(batch.fatal))
+                return {"CANCELLED"}
+            left = [Path(p).name for p in batch.photos[len(batch.outcomes):]]
+            named = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            self.report({"WARNING"}, f"{batch.fatal} Not reconstructed: {named}.")
+        elif results_key is not None:
+            remember_results(results_key, batch.outcomes)
         for outcome in failures:
             level = "ERROR" if not successes else "WARNING"
             self.report({level}, str(outcome.error))
@@ -481,6 +551,52 @@ class PRN_OT_cancel_reconstruction(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def worker_check_lines(client: WorkerClient) -> tuple[bool, list[str]]:
+    """(worker ok, lines for the preferences): starts the worker if needed (may block up to
+    the start timeout: call it off Blender's main thread when a window is open)."""
+    try:
+        info = client.start()
+    except PrnError as error:  # one label per line in the preferences: wrap, don't clip
+        return False, textwrap.wrap(str(error), 90)[:6]
+    return True, [
+        f"Python: {info.get('python')}",
+        f"torch {info.get('torch')}, OpenCV {info.get('opencv')}, device {info.get('device')}",
+        f"Weights: {info.get('weights')} ({'trained' if info.get('trained') else 'UNTRAINED'})",
+    ]
+
+
+_CHECK_THREAD: threading.Thread | None = None
+
+
+def start_worker_check(client: WorkerClient) -> threading.Thread:
+    """Check the worker on a background thread; its lines replace
+    `preferences.worker_check_text` when it ends (a timer redraws the preferences)."""
+    global _CHECK_THREAD
+
+    def run() -> None:
+        _, lines = worker_check_lines(client)
+        preferences.worker_check_text[:] = lines
+        print("prn-blender: worker check:", " | ".join(lines))
+
+    preferences.worker_check_text[:] = ["Checking the worker (a first start may take a while)"]
+    _CHECK_THREAD = threading.Thread(target=run, name="prn-check-worker", daemon=True)
+    _CHECK_THREAD.start()
+    return _CHECK_THREAD
+
+
+def _redraw_preferences() -> None:
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "PREFERENCES":
+                area.tag_redraw()
+
+
+def _watch_check() -> float | None:
+    """Timer: redraw the preferences until the worker check has ended."""
+    _redraw_preferences()
+    return 0.25 if _CHECK_THREAD is not None and _CHECK_THREAD.is_alive() else None
+
+
 class PRN_OT_check_worker(bpy.types.Operator):
     """Start the worker if needed and report its interpreter, torch version, device and
     weights"""
@@ -490,19 +606,27 @@ class PRN_OT_check_worker(bpy.types.Operator):
     bl_options = {"INTERNAL"}  # noqa: RUF012 (Blender reads a set)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            client = get_client(context)
-            info = client.start()
-        except PrnError as error:
-            preferences.worker_check_text[:] = [str(error)[:200]]
-            self.report({"ERROR"}, str(error))
+        if _ACTIVE_BATCH is not None and not _ACTIVE_BATCH.finished:
+            # get_client would replace (stop) the worker under the batch if a preference
+            # changed; and the batch's results say how the worker is doing anyway.
+            self.report({"ERROR"}, "A face reconstruction is running; check the worker when it "
+                                   "has finished (or cancel it).")
             return {"CANCELLED"}
-        lines = [
-            f"Python: {info.get('python')}",
-            f"torch {info.get('torch')}, OpenCV {info.get('opencv')}, device {info.get('device')}",
-            f"Weights: {info.get('weights')} ({'trained' if info.get('trained') else 'UNTRAINED'})",
-        ]
+        if _CHECK_THREAD is not None and _CHECK_THREAD.is_alive():
+            self.report({"INFO"}, "The worker check is still running.")
+            return {"CANCELLED"}
+        client = get_client(context)
+        if not bpy.app.background and context.window is not None:
+            # Starting the worker can take up to the start timeout: never on the UI thread.
+            start_worker_check(client)
+            bpy.app.timers.register(_watch_check, first_interval=0.25)
+            self.report({"INFO"}, "Checking the worker; the result appears in the preferences.")
+            return {"FINISHED"}
+        ok, lines = worker_check_lines(client)
         preferences.worker_check_text[:] = lines
+        if not ok:
+            self.report({"ERROR"}, " ".join(lines))
+            return {"CANCELLED"}
         self.report({"INFO"}, " | ".join(lines))
         return {"FINISHED"}
 
@@ -533,10 +657,7 @@ class PRN_OT_create_worker_env(bpy.types.Operator):
 
 def _watch_install(installer: worker_env.WorkerEnvInstaller) -> float | None:
     """Timer: redraw the preferences while installing; point the preference at the new venv."""
-    for window in bpy.context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
+    _redraw_preferences()
     if installer.state.running:
         return 0.5
     prefs = preferences.addon_preferences()

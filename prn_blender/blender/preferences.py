@@ -50,6 +50,16 @@ class PRN_AddonPreferences(bpy.types.AddonPreferences):
         items=DEVICE_ITEMS,
         default="auto",
     )
+    start_timeout: IntProperty(
+        name="Worker Start Timeout",
+        description=(
+            "Seconds the worker may take to start (import torch) and, again, to load the "
+            "network, before it is given up. Raise it if a first start keeps timing out"
+        ),
+        default=120,
+        min=10,
+        max=1800,
+    )
     weights_path: StringProperty(
         name="Weights",
         description=(
@@ -104,6 +114,7 @@ class PRN_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "device")
         layout.prop(self, "weights_path")
         layout.prop(self, "texture_size")
+        layout.prop(self, "start_timeout")
 
 
 def addon_preferences(context: bpy.types.Context | None = None) -> PRN_AddonPreferences | None:

@@ -530,7 +530,8 @@ class WorkerClient:
             raise WorkerError(
                 f"The worker did not start within {self.start_timeout_s:g} s (importing torch "
                 f"may be slow on a first run). Log: {self.log_path}. Try again, or raise the "
-                "start timeout.") from None
+                "start timeout (Worker Start Timeout in the add-on preferences; "
+                "`start_timeout_s` in Python).") from None
         if message is None:
             raise self._dead_error(f"The worker stopped during start-up (Python '{self.python}')")
         if message.get("type") == "error":

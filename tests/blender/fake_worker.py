@@ -3,8 +3,9 @@ with a known answer: every reconstruct returns copies of the FaceResult .npz fil
 $FAKE_WORKER_RESULTS (os.pathsep-separated). numpy + stdlib only, starts in ~0.1 s.
 
 $FAKE_WORKER_MODE: "" (answer), "slow" (progress every 0.2 s for 10 s, cancellable),
-"crash" (exit 7 when a reconstruct arrives), "noface" (NoFaceFoundError),
-"startup" (exit 1 before saying hello).
+"crash" (exit 7 when a reconstruct arrives), "crashsecond" (exit 7 when the second one
+arrives), "noface" (NoFaceFoundError), "startup" (exit 1 before saying hello), "slowstart"
+(say hello only after 60 s).
 
 The client runs `<python> <worker.py> --tmpdir DIR`; a wrapper script as the "python" runs this
 file instead with the same arguments.
@@ -32,6 +33,8 @@ def main() -> int:
     if mode == "startup":
         print("fake worker: refusing to start", file=sys.stderr)
         return 1
+    if mode == "slowstart":
+        time.sleep(60)
     tmpdir = sys.argv[sys.argv.index("--tmpdir") + 1]
     results = [p for p in os.environ.get("FAKE_WORKER_RESULTS", "").split(os.pathsep) if p]
     cancelled: set[str] = set()
@@ -39,8 +42,11 @@ def main() -> int:
             "weights": "fake.safetensors", "layout_id": "fake", "trained": False}
     send("hello", None, python=sys.executable, pid=os.getpid())
 
+    jobs_seen = []
+
     def job(id_: str) -> None:
-        if mode == "crash":
+        jobs_seen.append(id_)
+        if mode == "crash" or (mode == "crashsecond" and len(jobs_seen) == 2):
             os._exit(7)
         if mode == "noface":
             send("error", id_, error={"type": "NoFaceFoundError",

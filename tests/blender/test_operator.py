@@ -404,3 +404,156 @@ def test_escape_cancels_the_modal_batch_and_nothing_is_built(fake_worker, photo)
     assert ("WARNING", "Face reconstruction cancelled; nothing was added.") in op.reports
     assert context.window_manager.ended and context.workspace.status[-1] is None
     assert operators.active_batch() is None and op._timer is None
+
+
+# ----------------------------------------------------------------- faults, cancel, redo
+def test_cancel_while_the_worker_starts_ends_the_batch_at_once(fake_worker, photo):
+    """Esc during a slow worker start-up (the start timeout is 120 s) stops the worker, so
+    the batch ends now; the next run starts a fresh worker."""
+    fake_worker("slowstart")
+    batch = operators.ReconstructionBatch(
+        operators.get_client(), [str(photo)], ReconstructOptions()).start()
+    deadline = time.monotonic() + 10
+    while not batch._starting and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert batch._starting
+    time.sleep(0.3)  # the worker process is up and silent
+    cancelled_at = time.monotonic()
+    batch.cancel()
+    assert batch.wait(10), "the batch kept waiting for the worker"
+    assert time.monotonic() - cancelled_at < 10
+    assert batch.cancelled and batch.fatal is None and batch.outcomes == []
+    fake_worker("")
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
+
+
+def test_a_worker_crash_mid_batch_keeps_the_faces_already_finished(fake_worker, photo):
+    fake_worker("crashsecond")
+    second, third = photo.with_name("second.png"), photo.with_name("third.png")
+    for path in (second, third):
+        path.write_bytes(photo.read_bytes())
+    before = counts()
+    op = _StandInImport(photo.parent, [photo.name, second.name, third.name])
+    assert operators.PRN_OT_reconstruct_face.execute(op, bpy.context) == {"FINISHED"}, op.reports
+    assert counts()[0] > before[0]
+    assert "portrait" in bpy.data.objects
+    assert "second" not in bpy.data.objects and "third" not in bpy.data.objects
+    level, message = op.reports[0]
+    assert level == "WARNING" and "worker exited (code 7)" in message
+    assert message.endswith("Not reconstructed: second.png, third.png.")
+
+
+def test_check_worker_refuses_while_a_batch_runs_and_leaves_its_worker(fake_worker, photo):
+    fake_worker("slow")
+    batch = operators.ReconstructionBatch(
+        operators.get_client(), [str(photo)], ReconstructOptions()).start()
+    operators._ACTIVE_BATCH = batch
+    try:
+        deadline = time.monotonic() + 20
+        while batch.poll()[0] <= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        prefs = bpy.context.preferences.addons["prn_blender"].preferences
+        prefs.device = "cpu"  # a changed preference would otherwise replace the worker
+        with pytest.raises(RuntimeError, match="reconstruction is running; check the worker"):
+            bpy.ops.prn.check_worker()
+        assert batch.client.is_alive() and not batch.finished
+    finally:
+        batch.cancel()
+        batch.wait(10)
+        operators._ACTIVE_BATCH = None
+        bpy.context.preferences.addons["prn_blender"].preferences.device = "auto"
+    assert batch.cancelled and batch.fatal is None
+
+
+def test_the_windowed_worker_check_runs_off_the_main_thread(fake_worker):
+    from prn_blender.blender import preferences
+
+    fake_worker("slowstart")
+    thread = operators.start_worker_check(operators.get_client())
+    assert thread is not threading.current_thread() and thread.is_alive()
+    assert preferences.worker_check_text[0].startswith("Checking the worker")
+    operators.shutdown_client()  # the slow start fails at once; the check reports it
+    thread.join(10)
+    assert not thread.is_alive()
+    text = " ".join(preferences.worker_check_text)
+    assert "The worker stopped during start-up" in text and "Log:" in text
+    fake_worker("")
+    operators.start_worker_check(operators.get_client()).join(30)
+    assert "torch fake" in " ".join(preferences.worker_check_text)
+
+
+class _Options:
+    def __init__(self, repeat: bool) -> None:
+        self.is_repeat, self.is_repeat_last = repeat, False
+
+
+class _Properties:
+    def is_property_set(self, name: str) -> bool:
+        return name == "texture_size"
+
+
+class _StandInImport:
+    """The operator as Blender calls execute() on it, with a window (so a normal run would go
+    modal) and, for redo, `options.is_repeat` (bpy.ops cannot set it headless)."""
+
+    reconstruct_options = operators.PRN_OT_reconstruct_face.reconstruct_options
+    finish = operators.PRN_OT_reconstruct_face.finish
+    build = operators.PRN_OT_reconstruct_face.build
+
+    def __init__(self, folder: Path, names: list[str], repeat: bool = False) -> None:
+        from types import SimpleNamespace
+
+        self.filepath, self.directory = "", str(folder)
+        self.files = [SimpleNamespace(name=n) for n in names]
+        self.options, self.properties = _Options(repeat), _Properties()
+        self.texture_size, self.faces = 256, "largest"
+        self.occlusion_mask, self.mirror_fill, self.averaging = False, True, True
+        self.smoothing = 1.5
+        self.landmarks, self.add_camera = True, False
+        self.pose, self.mesh_resolution = "PHOTO", "1"
+        self.reports: list[tuple[str, str]] = []
+
+    def report(self, level: set[str], message: str) -> None:
+        self.reports.append((next(iter(level)), message))
+
+
+class _Windowed:
+    """bpy.context with a window: what makes execute() go modal outside a redo."""
+
+    def __init__(self) -> None:
+        self.window = object()
+        self.scene, self.view_layer = bpy.context.scene, bpy.context.view_layer
+        self.preferences, self.screen = bpy.context.preferences, None
+
+
+def test_adjust_last_operation_rebuilds_without_going_modal(fake_worker, photo):
+    """Adjust Last Operation re-runs execute() after undoing the first run; it must finish in
+    that call (a modal redo would build a second set of faces later). Scene-only changes
+    reuse the last results (the worker is not asked); a changed texture size asks it."""
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo), texture_size=256) == {"FINISHED"}
+    name = bpy.context.view_layer.objects.active.name
+    fake_worker("crash")  # any job sent to the worker now fails
+    before = counts()
+    redo = _StandInImport(photo.parent, [photo.name], repeat=True)
+    redo.landmarks = False  # a scene option
+    assert operators.PRN_OT_reconstruct_face.execute(redo, _Windowed()) == {"FINISHED"}
+    assert counts()[0] == before[0] + 1  # the face, no landmark empties this time
+    assert bpy.context.view_layer.objects.active.name != name  # a new object ("portrait.001")
+    assert operators.active_batch() is None
+    fake_worker("")
+    redo = _StandInImport(photo.parent, [photo.name], repeat=True)
+    redo.texture_size = 512
+    assert operators.PRN_OT_reconstruct_face.execute(redo, _Windowed()) == {"FINISHED"}
+    assert operators.active_batch() is None
+
+
+def test_the_start_timeout_preference_reaches_the_worker_client():
+    prefs = bpy.context.preferences.addons["prn_blender"].preferences
+    assert prefs.start_timeout == 120
+    prefs.start_timeout = 300
+    try:
+        assert operators.get_client().start_timeout_s == 300.0
+    finally:
+        prefs.start_timeout = 120
+        operators.shutdown_client()
+    assert operators.get_client().start_timeout_s == 120.0  # a changed setting, a new client

@@ -96,7 +96,8 @@ def test_preferences_draw_every_setting_and_the_worker_buttons():
 
     preferences.PRN_AddonPreferences.draw(Self(), bpy.context)
     props = {entry[1] for entry in layout.of("prop")}
-    assert props == {"python_path", "base_python", "device", "weights_path", "texture_size"}
+    assert props == {"python_path", "base_python", "device", "weights_path", "texture_size",
+                     "start_timeout"}
     ops = {entry[1] for entry in layout.of("operator")}
     assert ops == {"prn.check_worker", "prn.create_worker_env"}
     assert any("Online access is off" in entry[1] for entry in layout.of("label"))
