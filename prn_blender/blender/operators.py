@@ -50,6 +50,8 @@ IMAGE_EXTENSIONS = frozenset(e[1:] for e in IMAGE_GLOB.replace("*", "").split(";
 POLL_INTERVAL_S = 0.1
 DEFAULT_START_TIMEOUT_S = 120.0
 """Worker start-up (and, again, model load) limit when the add-on's preferences are absent."""
+PHOTO_GAP_M = 0.1
+"""Gap along X between the faces of consecutive photos of one import."""
 CACHE_MAX_FACES = 16
 """Faces of the last batch kept for Adjust Last Operation (about 5-20 MB each)."""
 
@@ -502,17 +504,33 @@ class PRN_OT_reconstruct_face(bpy.types.Operator, ImportHelper):
         return {"FINISHED"}
 
     def build(self, context: bpy.types.Context, outcomes: list[PhotoOutcome]) -> list:
-        """All faces into the scene; on any failure the faces built so far are removed."""
+        """All faces into the active collection; on any failure the faces built so far are
+        removed. The faces of one photo are placed at its first face's scale (each where the
+        photo shows it) with one camera per photo; photos are laid side by side along X,
+        10 cm apart, the first one on the world Y axis."""
         built: list[bpy.types.Object] = []
+        layer_collection = getattr(context.view_layer, "active_layer_collection", None)
+        collection = layer_collection.collection if layer_collection is not None else None
+        if collection is not None and (collection.library is not None
+                                       or collection.override_library is not None):
+            collection = None  # linked from another file: not editable; the scene's instead
+        frontal = self.pose == "FRONTAL"
+        right_edge_m = None
         try:
             for outcome in outcomes:
-                for result, name in zip(outcome.faces, face_names(outcome.photo,
-                                                                  len(outcome.faces)),
-                                        strict=True):
+                photo_scale = outcome.faces[0].metres_per_px
+                low, high = scene.photo_extent_x_m(outcome.faces, frontal=frontal)
+                shift = 0.0 if right_edge_m is None else right_edge_m + PHOTO_GAP_M - low
+                right_edge_m = high + shift
+                for index, (result, name) in enumerate(zip(
+                        outcome.faces, face_names(outcome.photo, len(outcome.faces)),
+                        strict=True)):
                     built.append(scene.build_face_object(
-                        result, name, landmarks=self.landmarks, camera=self.add_camera,
-                        photo_path=outcome.photo, frontal=self.pose == "FRONTAL",
-                        stride=int(self.mesh_resolution), scene=context.scene))
+                        result, name, landmarks=self.landmarks,
+                        camera=self.add_camera and index == 0, photo_path=outcome.photo,
+                        frontal=frontal, stride=int(self.mesh_resolution),
+                        scene=context.scene, collection=collection,
+                        photo_metres_per_px=photo_scale, offset_m=(shift, 0.0, 0.0)))
         except BaseException:
             for obj in built:
                 scene.remove_face_object(obj)

@@ -3,10 +3,14 @@ empties, optional orthographic camera. bpy + numpy only (no operator needed: the
 `build_face_object` and saves the file).
 
 World frame (DESIGN.md section 3): Z up, the face looks along -Y, metres. Photo pixels are taken
-relative to the photo centre, then through `frames.photo_to_blender` at the face's own scale
-(outer eye corners 9 cm apart): world = photo_to_blender(p_px - (W/2, H/2, 0), metres_per_px).
-So the photo centre lies on the world Y axis, several faces of one photo keep their relative
-placement, and an orthographic camera on the Y axis sees the mesh exactly over the photo.
+relative to the photo centre C = ((W-1)/2, (H-1)/2) (pixel centres at whole numbers), then
+through `frames.photo_to_blender` at the face's own scale s (outer eye corners 9 cm apart):
+world = photo_to_blender(p_px - C, s). So the photo centre lies on the world Y axis and an
+orthographic camera on the Y axis sees the mesh exactly over the photo. Further faces of the
+same photo keep their own metric size about their own centre c but are placed at the first
+face's scale s0: world = photo_to_blender(p_px - c, s) + photo_to_blender(c - C, s0), so each
+sits where the photo shows it (exactly over it when s = s0). `offset_m` shifts a whole photo
+(faces and camera) to lay several photos side by side.
 The object's origin is the centre of its vertices' bounding box; vertices, loops, polygons and
 the UV layer are filled with `foreach_set` from contiguous 1-D arrays.
 
@@ -80,22 +84,49 @@ def _fit_name(name: str, max_bytes: int) -> str:
     return data.decode("utf-8", errors="ignore")
 
 
-def blender_frame(result: FaceResult, *, frontal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def blender_frame(result: FaceResult, *, frontal: bool = False,
+                  photo_metres_per_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The face's vertices and landmarks in the world frame described in the module docstring.
 
     Returns (vertices (N, 3) float32 m, landmarks (68, 3) float32 m). With `frontal`, the head
     rotation is undone about the pose's centre first (`pose.frontalize`), so the face looks
-    straight along -Y, upright."""
+    straight along -Y, upright. `photo_metres_per_px`: the scale s0 that places the face in
+    its photo (None = its own scale: the first face of a photo)."""
     vertices_px = np.asarray(result.vertices, dtype=np.float32)
     landmarks_px = np.asarray(result.landmarks, dtype=np.float32)
     if frontal:
         vertices_px = frontalize(vertices_px, result.pose)
         landmarks_px = frontalize(landmarks_px, result.pose)
-    width, height = result.photo_size
-    centre_px = np.array([width / 2.0, height / 2.0, 0.0], dtype=np.float32)
     scale = result.metres_per_px
-    return (photo_to_blender(vertices_px - centre_px, scale),
-            photo_to_blender(landmarks_px - centre_px, scale))
+    centre_px = photo_centre_px(result)
+    if photo_metres_per_px is None or photo_metres_per_px == scale:
+        return (photo_to_blender(vertices_px - centre_px, scale),
+                photo_to_blender(landmarks_px - centre_px, scale))
+    finite = vertices_px[np.isfinite(vertices_px).all(axis=1)]
+    face_centre = np.zeros(3, dtype=np.float32)
+    face_centre[:2] = (finite[:, :2].min(axis=0) + finite[:, :2].max(axis=0)) / 2.0
+    placement = photo_to_blender((face_centre - centre_px)[None], photo_metres_per_px)[0]
+    return (photo_to_blender(vertices_px - face_centre, scale) + placement,
+            photo_to_blender(landmarks_px - face_centre, scale) + placement)
+
+
+def photo_centre_px(result: FaceResult) -> np.ndarray:
+    """(3,) float32 photo pixels: the centre of the photo, ((W-1)/2, (H-1)/2, 0)."""
+    width, height = result.photo_size
+    return np.array([(width - 1) / 2.0, (height - 1) / 2.0, 0.0], dtype=np.float32)
+
+
+def photo_extent_x_m(results: list[FaceResult], *, frontal: bool = False) -> tuple[float, float]:
+    """(min, max) world X in metres of one photo's faces (at the first face's placement scale):
+    what `offset_m` needs to lay photos side by side."""
+    s0 = results[0].metres_per_px
+    low, high = math.inf, -math.inf
+    for result in results:
+        vertices, _ = blender_frame(result, frontal=frontal, photo_metres_per_px=s0)
+        x = vertices[np.isfinite(vertices[:, 0]), 0]
+        if x.size:
+            low, high = min(low, float(x.min())), max(high, float(x.max()))
+    return low, high
 
 
 def bounding_box_centre(points: np.ndarray) -> np.ndarray:
@@ -174,16 +205,22 @@ def _rollback_on_error() -> Iterator[_Created]:
         raise
 
 
+TEXTURE_FOLDER = "//textures/"
+"""Where the packed images' file paths point (relative to the .blend): File > External Data >
+Unpack writes them there, never over the photo (a photo 'face.png' beside the .blend)."""
+
+
 def _packed_image(name: str, rgb: np.ndarray, created: _Created,
-                  data: bytes | None = None) -> bpy.types.Image:
+                  data: bytes | None = None, file_suffix: str = "") -> bpy.types.Image:
     """A Blender image holding `rgb` ((H, W, 3) or (H, W) uint8, row 0 = top) as a packed PNG
-    (`data`: its `png_bytes`, if already encoded)."""
+    (`data`: its `png_bytes`, if already encoded), its path
+    //textures/<image name><file_suffix>.png."""
     height, width = rgb.shape[:2]
     data = png_bytes(rgb) if data is None else data
     image = created.add(bpy.data.images.new(name, width, height, alpha=False))
     image.pack(data=data, data_len=len(data))
     image.source = "FILE"
-    image.filepath_raw = "//" + _safe_filename(image.name) + ".png"
+    image.filepath_raw = TEXTURE_FOLDER + _safe_filename(image.name + file_suffix) + ".png"
     image.file_format = "PNG"
     return image
 
@@ -212,7 +249,8 @@ def _upright_photo(photo_path: str, created: _Created,
     name = photo.name
     bpy.data.images.remove(photo)
     created.items.remove(photo)
-    return _packed_image(name, np.ascontiguousarray(make_upright(rgb, orientation)), created)
+    return _packed_image(name, np.ascontiguousarray(make_upright(rgb, orientation)), created,
+                         file_suffix="_upright")
 
 
 def _safe_filename(name: str) -> str:
@@ -275,7 +313,8 @@ def _build_material(
     bsdf.inputs["Roughness"].default_value = 0.6
     texture_node = nodes.new("ShaderNodeTexImage")
     texture_node.label = "Photo texture"
-    texture_node.image = _packed_image(name, result.texture, created, texture_png)
+    texture_node.image = _packed_image(name, result.texture, created, texture_png,
+                                       file_suffix="_texture")
     texture_node.location = (bsdf.location.x - 400.0, bsdf.location.y)
     links.new(texture_node.outputs["Color"], bsdf.inputs["Base Color"])
     if result.texture_mask is not None:
@@ -289,12 +328,12 @@ def _build_material(
 
 def _build_camera(
     name: str, result: FaceResult, nearest_y_m: float, photo_path: str | None,
-    created: _Created,
+    created: _Created, scale: float, offset_m: np.ndarray,
 ) -> bpy.types.Object:
-    """Orthographic camera on the world Y axis looking along +Y (up = +Z), ortho_scale = the
-    photo's larger side in metres, the photo as background image: the mesh overlays the photo."""
+    """Orthographic camera on the photo's axis (the world Y axis + `offset_m`) looking along +Y
+    (up = +Z), ortho_scale = the photo's larger side in metres at `scale` (the photo's
+    placement scale), the photo as background image: the mesh overlays the photo."""
     width, height = result.photo_size
-    scale = result.metres_per_px
     camera_data = created.add(bpy.data.cameras.new(name))
     camera_data.type = "ORTHO"
     camera_data.ortho_scale = float(max(width, height) * scale)
@@ -312,7 +351,8 @@ def _build_camera(
         background.frame_method = "FIT"
         camera_data.show_background_images = True
     camera = created.add(bpy.data.objects.new(name, camera_data))
-    camera.location = (0.0, float(nearest_y_m) - CAMERA_DISTANCE_M, 0.0)
+    camera.location = (float(offset_m[0]), float(nearest_y_m) - CAMERA_DISTANCE_M,
+                       float(offset_m[2]))
     camera.rotation_euler = (math.pi / 2.0, 0.0, 0.0)  # local -Z (view) -> +Y, local +Y -> +Z
     camera["prn_photo_width_px"] = int(width)
     camera["prn_photo_height_px"] = int(height)
@@ -342,7 +382,8 @@ def build_face_object(
     result: FaceResult, name: str, *, landmarks: bool = True, camera: bool = False,
     photo_path: str | os.PathLike[str] | None = None, frontal: bool = False,
     collection: bpy.types.Collection | None = None, stride: int = 1,
-    scene: bpy.types.Scene | None = None,
+    scene: bpy.types.Scene | None = None, photo_metres_per_px: float | None = None,
+    offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> bpy.types.Object:
     """Build one reconstructed face into the scene and return its mesh object.
 
@@ -355,6 +396,9 @@ def build_face_object(
     prn_focal_length_px (0: orthographic), prn_photo_size_px, prn_face_box_px, prn_photo.
 
     frontal: undo the head rotation (the camera, if any, then no longer overlays the photo).
+    photo_metres_per_px: the placement scale of the face's photo (a further face of a photo:
+    the first face's `metres_per_px`; None = this face's own). offset_m: world shift of the
+    face and its camera (photos side by side).
     stride: mesh resolution; 1 = the full texel grid, 2 or 4 = `geometry.decimate_triangles`
     (needs the layout file; holes stay open). Names that already exist get Blender's numeric
     suffix on the *new* datablocks; nothing existing is touched. Raises ValueError for a
@@ -362,7 +406,10 @@ def build_face_object(
     scene = scene or bpy.context.scene
     parent = collection or scene.collection
     photo = None if photo_path is None else str(photo_path)
-    vertices_m, landmarks_m = blender_frame(result, frontal=frontal)
+    vertices_m, landmarks_m = blender_frame(result, frontal=frontal,
+                                            photo_metres_per_px=photo_metres_per_px)
+    offset = np.asarray(offset_m, dtype=np.float32).reshape(3)
+    vertices_m, landmarks_m = vertices_m + offset, landmarks_m + offset
     triangles = np.asarray(result.triangles, dtype=np.int64)
     uvs = np.asarray(result.uvs, dtype=np.float32)
     if stride != 1:
@@ -408,7 +455,8 @@ def build_face_object(
             face_collection.children.link(lm_collection)
         if camera:
             nearest_y = float(vertices_m[:, 1].min())
-            camera_obj = _build_camera(f"{name} camera", result, nearest_y, photo, created)
+            camera_obj = _build_camera(f"{name} camera", result, nearest_y, photo, created,
+                                       photo_metres_per_px or result.metres_per_px, offset)
             face_collection.objects.link(camera_obj)
         parent.children.link(face_collection)  # the only change to existing data
     return obj

@@ -7,6 +7,7 @@ run the real worker with randomly initialised weights on real and synthetic phot
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 import threading
@@ -73,7 +74,7 @@ def test_operator_builds_the_worker_result_like_the_api(fake_worker, photo, synt
     co = np.empty(len(obj.data.vertices) * 3, dtype=np.float32)
     obj.data.vertices.foreach_get("co", co)
     world = co.reshape(-1, 3) + np.array(obj.location, dtype=np.float32)
-    centre = np.array([PHOTO_SIZE[0] / 2, PHOTO_SIZE[1] / 2, 0], dtype=np.float32)
+    centre = np.array([(PHOTO_SIZE[0] - 1) / 2, (PHOTO_SIZE[1] - 1) / 2, 0], dtype=np.float32)
     expected = photo_to_blender(synthetic_face.vertices - centre, synthetic_face.metres_per_px)
     np.testing.assert_allclose(world, expected, atol=1e-5)
     assert len([c for c in obj.children if c.type == "EMPTY"]) == 68
@@ -81,7 +82,7 @@ def test_operator_builds_the_worker_result_like_the_api(fake_worker, photo, synt
     assert bpy.context.scene.camera == scene.face_camera(obj)
     assert bpy.context.scene.render.resolution_x == PHOTO_SIZE[0]
     assert bpy.context.view_layer.objects.active == obj
-    assert "portrait" in bpy.context.scene.collection.children
+    assert "portrait" in bpy.context.view_layer.active_layer_collection.collection.children
 
 
 def test_options_turn_off_landmarks_and_camera(fake_worker, photo):
@@ -557,3 +558,109 @@ def test_the_start_timeout_preference_reaches_the_worker_client():
         prefs.start_timeout = 120
         operators.shutdown_client()
     assert operators.get_client().start_timeout_s == 120.0  # a changed setting, a new client
+
+
+# ----------------------------------------------------------------- placement of several faces
+def _smaller_face_elsewhere(face, shift_px: tuple[float, float], factor: float):
+    """`face` shrunk by `factor` about its landmarks' centre and moved by `shift_px`: another
+    person further back in the same photo (its metres_per_px is 1 / factor times larger)."""
+    from dataclasses import replace
+
+    centre = face.landmarks.mean(axis=0)
+    shift = np.array([*shift_px, 0.0], dtype=np.float32)
+
+    def move(points):
+        return ((points - centre) * factor + centre + shift).astype(np.float32)
+
+    return replace(face, vertices=move(face.vertices), landmarks=move(face.landmarks),
+                   position_map=move(face.position_map))
+
+
+def _camera_local(camera, obj) -> np.ndarray:
+    """(68, 3) landmark empties of `obj` in `camera`'s frame."""
+    bpy.context.view_layer.update()
+    inverse = camera.matrix_world.inverted()
+    return np.array([tuple(inverse @ e.matrix_world.translation)
+                     for e in sorted((c for c in obj.children if c.type == "EMPTY"),
+                                     key=lambda e: e["prn_landmark_index"])])
+
+
+def test_faces_of_one_photo_sit_where_the_photo_shows_them(
+        fake_worker, photo, synthetic_face, tmp_path, monkeypatch):
+    """A photo with a second, smaller face: one camera for the photo, the second face's centre
+    exactly where the photo shows it, each face at its own metric size (eyes 9 cm apart)."""
+    second = _smaller_face_elsewhere(synthetic_face, (-60.0, 10.0), 0.5)
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    synthetic_face.save_npz(paths[0])
+    second.save_npz(paths[1])
+    monkeypatch.setenv("FAKE_WORKER_RESULTS", os.pathsep.join(map(str, paths)))
+    fake_worker("")
+    assert bpy.ops.prn.reconstruct_face(filepath=str(photo), faces="all") == {"FINISHED"}
+    first, other = bpy.data.objects["portrait"], bpy.data.objects["portrait_face2"]
+    camera = scene.face_camera(first)
+    assert camera is not None and scene.face_camera(other) is None  # one camera per photo
+    s0 = synthetic_face.metres_per_px
+    assert second.metres_per_px == pytest.approx(2 * s0)
+
+    def in_frame(points_px):  # camera-frame X, Y of photo pixels (pixel centres)
+        x = ((points_px[:, 0] + 0.5) / PHOTO_SIZE[0] - 0.5) * PHOTO_SIZE[0] * s0
+        y = (0.5 - (points_px[:, 1] + 0.5) / PHOTO_SIZE[1]) * PHOTO_SIZE[1] * s0
+        return np.stack([x, y], axis=1)
+
+    np.testing.assert_allclose(_camera_local(camera, first)[:, :2],
+                               in_frame(synthetic_face.landmarks), atol=1e-6)
+    lm = _camera_local(camera, other)
+    v = second.vertices
+    box_centre_px = ((v[:, :2].min(axis=0) + v[:, :2].max(axis=0)) / 2)[None]
+    world = np.array([tuple(other.matrix_world @ vert.co) for vert in other.data.vertices])
+    local = np.array(camera.matrix_world.inverted(), dtype=np.float64)
+    world_centre = (world.min(axis=0) + world.max(axis=0)) / 2
+    centre_in_camera = local[:3, :3] @ world_centre + local[:3, 3]
+    np.testing.assert_allclose(centre_in_camera[:2], in_frame(box_centre_px)[0], atol=1e-6)
+    for obj, result in ((first, synthetic_face), (other, second)):
+        eyes = _camera_local(camera, obj)[[36, 45]]
+        assert np.linalg.norm(eyes[0] - eyes[1]) == pytest.approx(
+            np.linalg.norm(result.landmarks[36, :2] - result.landmarks[45, :2])
+            * result.metres_per_px, rel=1e-4)
+    assert np.linalg.norm(lm[36] - lm[45]) == pytest.approx(0.09, rel=0.05)
+
+
+def test_photos_of_one_import_are_laid_side_by_side(fake_worker, photo):
+    second = photo.with_name("second.png")
+    second.write_bytes(photo.read_bytes())
+    assert bpy.ops.prn.reconstruct_face(
+        directory=str(photo.parent), files=[{"name": photo.name}, {"name": second.name}]) == {
+        "FINISHED"}
+    a, b = bpy.data.objects["portrait"], bpy.data.objects["second"]
+    bpy.context.view_layer.update()
+
+    def x_range(obj):
+        xs = [(obj.matrix_world @ v.co).x for v in obj.data.vertices]
+        return min(xs), max(xs)
+
+    assert x_range(b)[0] - x_range(a)[1] == pytest.approx(0.1, abs=1e-5)
+    shift = x_range(b)[0] - x_range(a)[0]
+    camera_a, camera_b = scene.face_camera(a), scene.face_camera(b)
+    assert camera_b.location.x - camera_a.location.x == pytest.approx(shift, abs=1e-5)
+    # each photo's camera still sees its face exactly over its photo
+    np.testing.assert_allclose(_camera_local(camera_b, b), _camera_local(camera_a, a), atol=1e-6)
+    assert bpy.context.scene.camera == camera_a
+
+
+def test_faces_go_into_the_active_collection_and_textures_never_point_at_the_photo(
+        fake_worker, photo):
+    heads = bpy.data.collections.new("Heads")
+    bpy.context.scene.collection.children.link(heads)
+    view_layer = bpy.context.view_layer
+    view_layer.active_layer_collection = view_layer.layer_collection.children["Heads"]
+    try:
+        assert bpy.ops.prn.reconstruct_face(filepath=str(photo)) == {"FINISHED"}
+    finally:
+        view_layer.active_layer_collection = view_layer.layer_collection
+    assert "portrait" in heads.children
+    obj = bpy.data.objects["portrait"]
+    image = obj.data.materials[0].node_tree.nodes["Image Texture"].image
+    # Unpacking writes //textures/portrait_texture.png: never the photo portrait.png beside
+    # the .blend.
+    assert image.filepath_raw == "//textures/portrait_texture.png"
+    assert image.packed_file is not None

@@ -26,7 +26,8 @@ def world_vertices(obj) -> np.ndarray:
 
 
 def expected_world(points_px: np.ndarray, result) -> np.ndarray:
-    centre = np.array([PHOTO_SIZE[0] / 2, PHOTO_SIZE[1] / 2, 0.0], dtype=np.float32)
+    # Pixel centres sit at whole numbers: the photo's centre is ((W-1)/2, (H-1)/2).
+    centre = np.array([(PHOTO_SIZE[0] - 1) / 2, (PHOTO_SIZE[1] - 1) / 2, 0.0], dtype=np.float32)
     return photo_to_blender(points_px - centre, result.metres_per_px).astype(np.float64)
 
 
@@ -142,13 +143,14 @@ def test_camera_overlays_the_photo(synthetic_face):
     np.testing.assert_allclose(np.array(view), [0, 1, 0], atol=1e-6)
     up = camera.matrix_world.to_3x3() @ Vector((0, 1, 0))
     np.testing.assert_allclose(np.array(up), [0, 0, 1], atol=1e-6)
-    # The photo centre is on the camera axis; a landmark's X, Z in the camera frame is its
-    # photo position (relative to the centre) times the scale.
+    # The camera frame spans the photo's pixel edges: pixel x (a pixel centre) covers
+    # [x, x + 1] of W, so it is at fraction (x + 0.5) / W of the frame, from the left edge.
     empty = landmark_empties(obj)[30]
     local = camera.matrix_world.inverted() @ empty.matrix_world.translation
     x_px, y_px = synthetic_face.landmarks[30, :2]
-    assert local.x == pytest.approx((x_px - PHOTO_SIZE[0] / 2) * s, abs=1e-6)
-    assert local.y == pytest.approx(-(y_px - PHOTO_SIZE[1] / 2) * s, abs=1e-6)
+    width_m, height_m = PHOTO_SIZE[0] * s, PHOTO_SIZE[1] * s
+    assert local.x == pytest.approx(((x_px + 0.5) / PHOTO_SIZE[0] - 0.5) * width_m, abs=1e-6)
+    assert local.y == pytest.approx((0.5 - (y_px + 0.5) / PHOTO_SIZE[1]) * height_m, abs=1e-6)
     assert local.z < 0  # in front of the camera
 
 
