@@ -1,4 +1,4 @@
-"""EXIF orientation of JPEG photos (numpy only: the Blender side imports this).
+"""EXIF orientation of JPEG and PNG photos (numpy only: the Blender side imports this).
 
 Phones store most portraits as landscape pixels plus an EXIF orientation tag. OpenCV applies
 the tag when decoding (core.photo), so every result is in the UPRIGHT photo's pixels; Blender's
@@ -20,8 +20,14 @@ import numpy as np
 ORIENTATION_TAG = 0x0112
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1-8) of JPEG bytes; 1 when absent, invalid, or not a JPEG."""
+    """The EXIF orientation (1-8) of JPEG bytes (APP1 'Exif') or PNG bytes (an eXIf chunk,
+    which OpenCV's decoder applies too); 1 when absent, invalid, or another format."""
+    if data[:8] == PNG_SIGNATURE:
+        return _png_orientation(data)
     if data[:2] != b"\xff\xd8":
         return 1
     pos = 2
@@ -34,6 +40,19 @@ def exif_orientation(data: bytes) -> int:
         if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
             return _tiff_orientation(segment[6:])
         pos += 2 + length
+    return 1
+
+
+def _png_orientation(data: bytes) -> int:
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return _tiff_orientation(data[pos + 8 : pos + 8 + length])
+        if kind == b"IEND":
+            break
+        pos += 12 + length  # length, type, data, CRC
     return 1
 
 

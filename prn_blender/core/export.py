@@ -52,9 +52,11 @@ def triangles_for_export(triangles: np.ndarray) -> np.ndarray:
 
 
 def obj_side_files(obj_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The material library and texture `write_obj` writes beside a textured OBJ."""
+    """The material library and texture `write_obj` writes beside a textured OBJ; spaces in
+    the name become '_' (OBJ's `mtllib` takes a space-separated list of files)."""
     path = Path(obj_path)
-    return path.with_suffix(".mtl"), path.with_name(f"{path.stem}_texture.png")
+    stem = "_".join(path.stem.split()) or "face"
+    return path.with_name(f"{stem}.mtl"), path.with_name(f"{stem}_texture.png")
 
 
 def write_obj(
@@ -207,10 +209,13 @@ def write_landmarks_json(
     path: str | os.PathLike[str], landmarks: np.ndarray, *,
     pose_angles_deg: tuple[float, float, float] | None = None,
     metres_per_px: float | None = None, photo_size: tuple[int, int] | None = None,
+    mesh_origin_px: np.ndarray | None = None,
 ) -> None:
     """The 68 landmarks (photo px: x right, y down, z depth towards the camera; iBUG order,
     0-based) as JSON, with the optional head pose (yaw, pitch, roll degrees), scale and
-    photo (width, height)."""
+    photo (width, height). With `metres_per_px` and `mesh_origin_px` (the photo-px point the
+    exported meshes are centred on) also `landmarks_m`: the landmarks in the meshes' own
+    frame (metres, +Y up, +Z towards the viewer), so they sit on the .obj/.glb/.ply."""
     lm = np.asarray(landmarks, dtype=np.float64)
     data: dict = {
         "frame": "photo pixels: x right, y down, z depth towards the camera; iBUG 68 order",
@@ -221,6 +226,11 @@ def write_landmarks_json(
                                     (float(a) for a in pose_angles_deg), strict=True))
     if metres_per_px is not None:
         data["metres_per_px"] = float(metres_per_px)
+        if mesh_origin_px is not None:
+            origin = np.asarray(mesh_origin_px, dtype=np.float64).reshape(3)
+            data["mesh_origin_px"] = np.round(origin, 4).tolist()
+            data["landmarks_m"] = np.round(
+                vertices_for_export(lm, metres_per_px, origin_px=origin), 6).tolist()
     if photo_size is not None:
         data["photo_size"] = [int(photo_size[0]), int(photo_size[1])]
     Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
@@ -232,22 +242,24 @@ EXPORT_SUFFIXES = (".obj", ".glb", ".ply", ".json")
 def export_face_result(path: str | os.PathLike[str], result: FaceResult) -> None:
     """Write a reconstructed face in the format its suffix names: .obj (+ .mtl + _texture.png),
     .glb (with normals and the texture), .ply (vertex colours from the texture) or .json
-    (landmarks, pose, scale). Meshes are in metres at the assumed-adult-face scale
-    (`FaceResult.metres_per_px`), origin at the centre of the vertices' bounding box (as in
-    Blender), export frame (+Y up, +Z towards the viewer)."""
+    (landmarks in photo px and, as `landmarks_m`, in the meshes' frame; pose, scale). Meshes
+    are in metres at the assumed-adult-face scale (`FaceResult.metres_per_px`), origin at the
+    centre of the vertices' bounding box (as in Blender), export frame (+Y up, +Z towards the
+    viewer)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXPORT_SUFFIXES:
         raise ValueError(f"cannot export to '{path.name}': use one of {', '.join(EXPORT_SUFFIXES)}")
     scale = result.metres_per_px
+    v = np.asarray(result.vertices, dtype=np.float64)
+    origin = (np.nanmin(v, axis=0) + np.nanmax(v, axis=0)) / 2.0
     if suffix == ".json":
         pose = result.pose
         write_landmarks_json(path, result.landmarks,
                              pose_angles_deg=(pose.yaw_deg, pose.pitch_deg, pose.roll_deg),
-                             metres_per_px=scale, photo_size=result.photo_size)
+                             metres_per_px=scale, photo_size=result.photo_size,
+                             mesh_origin_px=origin)
         return
-    v = np.asarray(result.vertices, dtype=np.float64)
-    origin = (np.nanmin(v, axis=0) + np.nanmax(v, axis=0)) / 2.0
     vertices = vertices_for_export(v, scale, origin_px=origin)
     if suffix == ".obj":
         write_obj(path, vertices, result.triangles, result.uvs, result.texture)

@@ -5,7 +5,8 @@ Handled: EXIF orientation (OpenCV's IMREAD_COLOR applies it, `cv2.imdecode` too,
 mid-grey, so transparent cut-outs do not turn black), CMYK JPEG (converted by libjpeg).
 Refused with a sentence saying what to do (`PhotoError`): a missing path or a folder, an empty
 file, a file that is no image OpenCV reads (HEIC named as such), a truncated JPEG or PNG, and
-photos above `MAX_PHOTO_PIXELS` (checked from the header before decoding where possible).
+photos above `MAX_PHOTO_PIXELS` or with a side above `MAX_PHOTO_SIDE_PX` (checked from the
+header before decoding where possible).
 
 Huge photos up to the cap are kept at full resolution (the texture is sampled from it); face
 detection runs on a downscaled copy (`detection_copy`), so memory is about 2 x the photo's bytes.
@@ -23,6 +24,8 @@ import numpy as np
 from ..errors import PhotoError
 
 MAX_PHOTO_PIXELS = 150_000_000
+MAX_PHOTO_SIDE_PX = 32_766
+"""OpenCV's warpAffine and remap (crop, texture) take images with sides below 32,767 px."""
 """Largest photo accepted, in pixels (a 12000 x 8000 panorama is 96 MP: accepted; 150 MP of
 RGB is 450 MB in memory)."""
 ALPHA_BACKGROUND = 128
@@ -122,6 +125,11 @@ def _truncated(name: str) -> str:
 
 
 def _check_pixels(width: int, height: int, name: str) -> None:
+    if max(width, height) > MAX_PHOTO_SIDE_PX:
+        raise PhotoError(
+            f"'{name}' is {width} x {height} pixels; sides up to {MAX_PHOTO_SIDE_PX:,} px are "
+            "supported. Scale it down (a face needs only a few hundred pixels) or crop around "
+            "the face.")
     if width * height > MAX_PHOTO_PIXELS:
         raise PhotoError(
             f"'{name}' is {width} x {height} pixels ({width * height / 1e6:.0f} MP); the limit is "

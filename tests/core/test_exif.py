@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -54,3 +55,34 @@ def test_photos_without_exif_are_upright(tmp_path) -> None:
     path = tmp_path / "rotated.jpg"
     path.write_bytes(jpeg_with_orientation(_test_image(), 6))
     assert file_orientation(path) == 6
+
+
+def png_with_orientation(rgb: np.ndarray, orientation: int, byte_order: str = "MM") -> bytes:
+    """PNG bytes of `rgb` with an eXIf chunk (a bare TIFF block) holding the orientation tag,
+    placed before the image data as the PNG spec asks."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    o = ">" if byte_order == "MM" else "<"
+    tiff = (byte_order.encode() + struct.pack(o + "HI", 42, 8) + struct.pack(o + "H", 1)
+            + struct.pack(o + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(o + "I", 0))
+    chunk = (struct.pack(">I", len(tiff)) + b"eXIf" + tiff
+             + struct.pack(">I", zlib.crc32(b"eXIf" + tiff)))
+    data = encoded.tobytes()
+    ihdr_end = 8 + 12 + 13  # signature, then the IHDR chunk (13 data bytes)
+    return data[:ihdr_end] + chunk + data[ihdr_end:]
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_png_exif_orientation_matches_opencv_decoding(orientation: int, tmp_path) -> None:
+    """OpenCV turns PNGs upright by their eXIf chunk too: the parser (which the Blender side
+    uses for the camera background) must see the same orientation."""
+    data = png_with_orientation(_test_image(), orientation, "II")
+    assert exif_orientation(data) == orientation
+    buffer = np.frombuffer(data, np.uint8)
+    stored = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    upright = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    assert not np.array_equal(stored.shape, upright.shape) or not np.array_equal(stored, upright)
+    np.testing.assert_array_equal(make_upright(stored, orientation), upright)
+    path = tmp_path / "rotated.png"
+    path.write_bytes(data)
+    assert file_orientation(path) == orientation

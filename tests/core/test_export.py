@@ -90,6 +90,14 @@ def test_obj_round_trips_vertices_uvs_faces_and_texture(tmp_path, mesh):
     np.testing.assert_array_equal(png, texture)
 
 
+def test_obj_side_files_have_no_spaces(tmp_path, mesh):
+    vertices, triangles, uvs, texture = mesh
+    write_obj(tmp_path / "my face.obj", vertices, triangles, uvs, texture)
+    assert "mtllib my_face.mtl\n" in (tmp_path / "my face.obj").read_text()
+    assert "map_Kd my_face_texture.png" in (tmp_path / "my_face.mtl").read_text()
+    assert (tmp_path / "my_face_texture.png").is_file()
+
+
 def test_obj_without_texture_writes_no_material(tmp_path, mesh):
     vertices, triangles, uvs, _ = mesh
     write_obj(tmp_path / "plain.obj", vertices, triangles, uvs)
@@ -220,7 +228,17 @@ def test_export_face_result_picks_the_format_from_the_suffix(tmp_path, synthetic
                          count=len(result.vertices), offset=end)
     expected_red = np.clip(result.uvs[:, 0] * 64 - 0.5, 0, 63) * 4
     np.testing.assert_allclose(vert["rgb"][:, 0], expected_red, atol=1.0)
-    assert json.loads((tmp_path / "face.json").read_text())["pose_deg"]["yaw"] == pytest.approx(
-        20.0, abs=0.01)
+    landmarks = json.loads((tmp_path / "face.json").read_text())
+    assert landmarks["pose_deg"]["yaw"] == pytest.approx(20.0, abs=0.01)
+    # landmarks_m are in the exported mesh's frame: 9 cm between the outer eye corners, and
+    # offset from any .obj vertex by exactly that vertex's photo-px offset, y flipped, scaled.
+    on_mesh = np.asarray(landmarks["landmarks_m"])
+    assert np.linalg.norm(on_mesh[45] - on_mesh[36]) == pytest.approx(0.09, rel=1e-4)
+    k = len(v) // 2
+    expected = v[k] + (result.landmarks - result.vertices[k]) * [1, -1, 1] * result.metres_per_px
+    np.testing.assert_allclose(on_mesh, expected, atol=2e-6)
+    np.testing.assert_allclose(landmarks["mesh_origin_px"],
+                               (result.vertices.min(axis=0) + result.vertices.max(axis=0)) / 2,
+                               atol=1e-3)
     with pytest.raises(ValueError, match="use one of"):
         export_face_result(tmp_path / "face.fbx", result)

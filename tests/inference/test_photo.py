@@ -136,6 +136,15 @@ def test_oversized_photo_is_refused_before_decoding(tmp_path: Path) -> None:
     assert 12000 * 8000 <= MAX_PHOTO_PIXELS  # a 96 MP panorama is accepted (test_detect)
 
 
+def test_a_side_too_long_for_opencv_is_refused(tmp_path: Path) -> None:
+    # 33,000 x 10 px is only 0.3 MP, but OpenCV's warpAffine and remap stop at 32,767 px.
+    (tmp_path / "strip.png").write_bytes(_png_header_only(33000, 10))
+    with pytest.raises(PhotoError, match=r"33000 x 10 pixels; sides up to 32,766 px"):
+        load_photo(tmp_path / "strip.png")
+    with pytest.raises(PhotoError, match="sides up to 32,766 px"):
+        as_rgb_uint8(np.zeros((10, 33000, 3), np.uint8))
+
+
 def test_non_ascii_path_is_read(tmp_path: Path, astronaut: np.ndarray) -> None:
     path = _write_jpeg(tmp_path / "photo_é_文字.jpg", astronaut)
     assert load_photo(path).shape == (512, 512, 3)
