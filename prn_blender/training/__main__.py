@@ -14,9 +14,12 @@ its options. Add one by writing both below (nothing else to register):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from ..errors import PrnError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,14 +49,21 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 @command("train", "train PRNet on target shards (resumable; runs under torchrun)", _train_args)
 def _train(args: argparse.Namespace) -> int:
-    from .train import config_from_args, train
+    from .train import config_from_args, given_options, train, with_run_options
 
+    argv = args.argv[args.argv.index("train") + 1:] if "train" in args.argv else []
+    config = with_run_options(config_from_args(args), given_options(argv))
     evaluate_fn = None
-    if not args.no_eval:
+    if not args.no_eval and int(os.environ.get("RANK", "0")) == 0:  # only rank 0 evaluates
         from .evaluate import make_training_evaluator
 
-        evaluate_fn = make_training_evaluator(input_size=args.resolution)
-    train(config_from_args(args), evaluate_fn)
+        try:
+            evaluate_fn = make_training_evaluator(input_size=config.resolution)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"the periodic dev evaluation needs ../shared/data beside the repo ({error}); "
+                "pass --no-eval to train without it") from error
+    train(config, evaluate_fn)
     return 0
 
 
@@ -106,8 +116,19 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
+    had_readout = False
+    if args.out.is_file():
+        from ..net.weights import read_info
+
+        try:
+            had_readout = read_info(args.out).landmark_texels is not None
+        except PrnError:
+            pass
     out = export_checkpoint(args.checkpoint, args.out, args.summary, args.dev_nme,
                             args.input_size, ema=not args.raw)
+    if had_readout:
+        print(f"note: {out} had a fitted landmark readout, which this export replaced",
+              file=sys.stderr)
     print(f"wrote {out}\nnext, fit its landmark readout on the training faces (docs/TRAINING.md "
           f"section 7): python -m prn_blender.training readout --weights {out}")
     return 0
@@ -141,6 +162,40 @@ def _readout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=Path,
+                        default=REPO / "model_weights" / "prnet_ict256.safetensors")
+    parser.add_argument("--dev-nme", default=None,
+                        help="replace the dev NME text stored in the file (tensors unchanged)")
+    parser.add_argument("--summary", default=None,
+                        help="replace the training summary stored in the file")
+
+
+@command("info", "show a weights file's metadata; --dev-nme / --summary update it (the "
+         "readout and tensors are kept)", _info_args)
+def _info(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..net.weights import read_info, rewrite_info
+
+    info = read_info(args.weights)
+    changes = {k: v for k, v in (("dev_nme", args.dev_nme), ("training", args.summary))
+               if v is not None}
+    if changes:
+        rewrite_info(args.weights, replace(info, **changes))
+        info = read_info(args.weights)
+    readout = ("fitted on training faces" if info.landmark_texels is not None
+               else "none (the layout's texels)")
+    for key, value in (("weights", args.weights), ("sha256", info.sha256),
+                       ("layout", info.layout_id), ("trained", info.trained),
+                       ("parameters", f"{info.parameter_count:,}"),
+                       ("input size", info.input_size or "the layout's"),
+                       ("landmark readout", readout), ("training", info.training),
+                       ("dev NME", info.dev_nme), ("licence", info.licence)):
+        print(f"{key:<17} {value}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prn_blender.training",
                                      description=__doc__.splitlines()[0])
@@ -148,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, (help_text, add_args, _run) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
-    return COMMANDS[args.command][2](args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except (FileNotFoundError, FileExistsError, ValueError, PrnError) as error:
+        # The mistakes of a command line (a missing folder, a run that exists, the wrong kind
+        # of file): one line. PRN_BLENDER_DEBUG=1 shows the traceback.
+        if os.environ.get("PRN_BLENDER_DEBUG"):
+            raise
+        print(f"python -m prn_blender.training {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -413,15 +413,17 @@ _CTX: TargetContext | None = None
 _TEACHERS: tuple[dict, dict] | None = None
 _BLAS_LIMIT: object = None
 _MEDIAPIPE68: list[int] | None = None
+_SHARED: str | None = None
 
 
 def _init_worker(shared: str, cache: str) -> None:
-    global _CTX, _TEACHERS, _BLAS_LIMIT, _MEDIAPIPE68
+    global _CTX, _TEACHERS, _BLAS_LIMIT, _MEDIAPIPE68, _SHARED
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread per worker: with OpenBLAS's default (all cores) in every worker the
     # small solves of the fit oversubscribe the CPU; measured 1 face/s against 20 face/s.
     _BLAS_LIMIT = threadpool_limits(1)
+    _SHARED = shared
     _CTX = build_context(Path(shared))
     _TEACHERS = load_teachers(Path(cache))
     _MEDIAPIPE68 = load_point_maps()["mediapipe68"]
@@ -433,10 +435,10 @@ def _make_chunk(job: tuple[str, int, list[str], str]) -> dict[str, float]:
     assert _CTX is not None and _TEACHERS is not None
     ctx, (tddfa, mediapipe) = _CTX, _TEACHERS
     wanted = set(names)
-    records = [r for r in load_face_set(set_name) if r.name in wanted]
+    records = [r for r in load_face_set(set_name, _SHARED) if r.name in wanted]
     jpegs, maps, boxes, out_names, yaws = [], [], [], [], []
     teacher_rms, label_rms, rejected, pseudo_labelled = [], [], 0, 0
-    for record, jpeg in iter_jpeg_bytes(records):
+    for record, jpeg in iter_jpeg_bytes(records, _SHARED):
         obs = observations_for(ctx, tddfa[set_name][record.name], record,
                                mediapipe[set_name].get(record.name), use_labels=True)
         fit = fit_face(ctx.basis, obs, ctx.settings)
@@ -473,12 +475,14 @@ REJECT_RMS = 0.08
 """Reject a fit whose RMS distance to the teacher's 68 exceeds 8 % of the face's diagonal."""
 
 
-def training_jobs(out_dir: Path) -> list[tuple[str, int, list[str], str]]:
-    """Fixed chunks of the training faces (dev faces never enter), in a stable order."""
+def training_jobs(out_dir: Path, shared: Path | None = None
+                  ) -> list[tuple[str, int, list[str], str]]:
+    """Fixed chunks of the training faces (dev faces never enter), in a stable order (faces
+    from `shared`, default ../shared)."""
     jobs = []
     for set_name in FACE_SETS:
-        dev = dev_names(set_name)
-        names = [r.name for r in load_face_set(set_name) if r.name not in dev]
+        dev = dev_names(set_name, shared)
+        names = [r.name for r in load_face_set(set_name, shared) if r.name not in dev]
         for chunk, start in enumerate(range(0, len(names), CHUNK_SIZE)):
             jobs.append((set_name, chunk, names[start : start + CHUNK_SIZE], str(out_dir)))
     return jobs
@@ -504,7 +508,7 @@ def ensure_teachers(shared: Path, cache: Path, mediapipe: bool = True) -> None:
             dense = pool.submit(mediapipe_teacher.run_all, teachers, shared / "data" / "faces")
         if not (teachers / "tddfa68.npz").is_file():
             print("landmark teacher (3DDFA-V2) on every face ...")
-            tddfa.run_teacher_on_all(teachers / "tddfa68.npz")
+            tddfa.run_teacher_on_all(teachers / "tddfa68.npz", shared)
         if dense is not None:
             dense.result()  # re-raises a failed MediaPipe run
 
@@ -561,7 +565,7 @@ def make_targets(out_dir: Path, shared: Path, cache: Path, workers: int = 2,
     # Load once in the parent: a broken input fails here with its own message instead of
     # as a broken pool, and the forked workers inherit the loaded context.
     _init_worker(str(shared), str(cache))
-    jobs = [(f"{job[0]}-{job[1]:04d}", job) for job in training_jobs(out_dir)]
+    jobs = [(f"{job[0]}-{job[1]:04d}", job) for job in training_jobs(out_dir, shared)]
 
     def outputs_exist(chunk_id: str) -> bool:
         stem = Path(out_dir) / chunk_id

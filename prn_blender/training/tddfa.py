@@ -259,9 +259,10 @@ def run_teacher(
     start: StartROI,
     batch_size: int = 64,
     desc: str = "",
+    shared_dir: Path | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two-pass teacher on stored faces: ((M, 68, 3) float32 crop px, (M, 4) float32 ROI of
-    the second pass), in the order of records."""
+    """Two-pass teacher on stored faces (read from `shared_dir`, default ../shared): ((M, 68,
+    3) float32 crop px, (M, 4) float32 ROI of the second pass), in the order of records."""
     landmarks, rois = [], []
     images: list[np.ndarray] = []
     starts: list[np.ndarray] = []
@@ -273,7 +274,8 @@ def run_teacher(
         images.clear()
         starts.clear()
 
-    for record, rgb in tqdm(iter_images(records), total=len(records), desc=desc, leave=False):
+    for record, rgb in tqdm(iter_images(records, shared_dir), total=len(records), desc=desc,
+                            leave=False):
         images.append(np.ascontiguousarray(rgb[:, :, ::-1]))  # the network wants BGR
         starts.append(start_roi(record, start, rgb))
         if len(images) == batch_size:
@@ -283,8 +285,10 @@ def run_teacher(
     return np.concatenate(landmarks), np.concatenate(rois)
 
 
-def run_teacher_on_all(out_path: Path | str = DEFAULT_OUT) -> Path:
-    """Teacher 68 on every face of the three sets, two passes, start ROIs per `default_start`.
+def run_teacher_on_all(out_path: Path | str = DEFAULT_OUT,
+                       shared_dir: Path | str | None = None) -> Path:
+    """Teacher 68 on every face of the three sets, two passes, start ROIs per `default_start`
+    (faces and the teacher's data from `shared_dir`, default ../shared).
 
     Writes an npz (written to a temporary name, then renamed) with, per set S in
     ("300w", "aflw", "utkface"): S_names (M,) str, S_landmarks (M, 68, 3) float32 in the stored
@@ -292,11 +296,12 @@ def run_teacher_on_all(out_path: Path | str = DEFAULT_OUT) -> Path:
     second-pass ROI [sx, sy, ex, ey] in crop px. Returns the path."""
     out_path = Path(out_path)
     torch.set_num_threads(1)
-    teacher = TDDFATeacher()
+    teacher = TDDFATeacher(Path(shared_dir) / "data" / "3ddfa-v2" if shared_dir else None)
     arrays: dict[str, np.ndarray] = {}
     for set_name in FACE_SETS:
-        records = load_face_set(set_name)
-        points, rois = run_teacher(teacher, records, default_start(set_name), desc=set_name)
+        records = load_face_set(set_name, shared_dir)
+        points, rois = run_teacher(teacher, records, default_start(set_name), desc=set_name,
+                                   shared_dir=shared_dir)
         arrays[f"{set_name}_names"] = np.array([r.name for r in records])
         arrays[f"{set_name}_landmarks"] = points
         arrays[f"{set_name}_roi"] = rois

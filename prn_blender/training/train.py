@@ -25,6 +25,7 @@ scored. Distributed: see distributed.py (same code, under torchrun).
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import csv
 import json
@@ -34,7 +35,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -118,14 +119,30 @@ class TrainConfig:
 
 
 def bf16_useful(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA (with bf16 support) and on CPUs with native bf16
-    (AVX-512 BF16 / AMX); elsewhere oneDNN emulates it and a step was measured about 10x
-    slower than fp32 (0.1 against 1.0 img/s on this AVX2 machine under load)."""
+    """bf16 autocast pays off on CUDA GPUs with native bf16 (Ampere and newer) and on CPUs
+    with native bf16 (AVX-512 BF16 / AMX); elsewhere it is emulated and slower than fp32 (a
+    step was measured about 10x slower on an AVX2 machine, 1.5x on AVX-512 without BF16)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_has_native_bf16()
     return False
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bf16 natively: the avx512_bf16 or amx_bf16 flags of
+    /proc/cpuinfo (Linux; `cpuinfo` = its text, for tests). oneDNN's own check is true for
+    any AVX-512 CPU, which emulates bf16, so it is only the answer where /proc is absent."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def lr_at(config: TrainConfig, epoch_float: float) -> float:
@@ -135,8 +152,12 @@ def lr_at(config: TrainConfig, epoch_float: float) -> float:
 
 def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also keep half a checkpoint
+        raise
 
 
 def keep_copy(checkpoint: Path, step: int) -> Path:
@@ -159,8 +180,23 @@ def checkpoint_input_size(checkpoint: dict, default: int) -> int:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A trainer checkpoint (our own file: torch.load with weights_only=True)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A trainer checkpoint (our own file: torch.load with weights_only=True). Raises
+    FileNotFoundError / ValueError with a sentence for a missing file or another kind of file
+    (an exported .safetensors belongs to --weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at '{path}' (a run folder's last.pt or stepN.pt)")
+    if path.suffix == ".safetensors":
+        raise ValueError(f"'{path}' is an exported weights file, not a trainer checkpoint: "
+                         "pass it as --weights (eval, readout) or --init-from (train)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated copy, or not torch.save output at all
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"'{path}' is not a readable trainer checkpoint ({reason})") from error
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"'{path}' is not a trainer checkpoint (no 'model' entry)")
+    return checkpoint
 
 
 def ema_decay_at(decay: float, n_averaged: int) -> float:
@@ -430,7 +466,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
         worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
     )
     with _StopSignal() as stop_signal:
-        if epoch + position / n < config.epochs:
+        if epoch + position / n < config.epochs and (config.max_steps is None
+                                                     or step < config.max_steps):
             train_model.train()
             for image, target, weights in loader:
                 lr = lr_at(config, epoch + position / n)
@@ -510,6 +547,11 @@ def _train(config: TrainConfig, ctx: DistributedContext, evaluate_fn: EvaluateFn
 
 def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)  # the loader shares the cores with training
+    # torchrun and SLURM stop a job by signalling its whole process group: a loader worker
+    # that died of it would crash the trainer (DataLoader raises) before it saves. The
+    # trainer itself stops at the next step, checkpoints, and shuts its workers down.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def plot_loss(log_path: Path, png_path: Path, size: tuple[int, int] = (800, 400)) -> None:
@@ -635,6 +677,58 @@ def _three_counts(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected three whole numbers >= 1 like 1,2,3, "
                                          f"got '{text}'")
     return counts  # type: ignore[return-value]
+
+
+RESUMED_OPTIONS = ("batch", "lr", "halve_every_epochs", "epochs", "seed", "augment",
+                   "mirror_probability", "resolution", "gradient_loss_weight", "ema_decay",
+                   "yaw_repeats", "keep_evaluated", "channels_last", "width")
+"""The recipe: what `--resume` takes from the run's config.json unless given again."""
+_OPTION_DESTS = {"augment": "no_augment"}
+"""TrainConfig field -> argparse dest, where they differ."""
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The argparse dests of the `train` options written out in `argv` (not defaulted)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def _saved_value(text: object) -> object:
+    try:
+        return ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError):
+        return text
+
+
+def with_run_options(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """For `--resume` of an existing run: the recipe options (`RESUMED_OPTIONS`) that `given`
+    does not name come from the run's config.json (its last invocation), so a bare
+    `--resume` goes on with the same learning rate, schedule, resolution, augmentation and
+    weight average instead of the defaults. Prints what it took and what was changed."""
+    path = config.out / "config.json"
+    if not (config.resume and (config.out / CHECKPOINT_NAME).is_file() and path.is_file()):
+        return config
+    saved = json.loads(path.read_text())
+    taken: dict[str, object] = {}
+    changed = []
+    for name in RESUMED_OPTIONS:
+        if name not in saved:
+            continue
+        value = _saved_value(saved[name])
+        if _OPTION_DESTS.get(name, name) in given:
+            if value != getattr(config, name):
+                changed.append(f"{name} {value} -> {getattr(config, name)}")
+        else:
+            taken[name] = value
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming {config.out} with its recipe ("
+              + ", ".join(f"{k} {v}" for k, v in taken.items()) + ")"
+              + (f"; changed here: {', '.join(changed)}" if changed else ""), flush=True)
+    return replace(config, **taken)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -4,6 +4,7 @@ export, evaluation hook, bf16 vs fp32 on the real network."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -474,3 +475,106 @@ def test_yaw_repeats_run_trains_and_resumes_only_with_the_same_repeats(data, tmp
     assert [int(r["step"]) for r in _log(run)] == [1, 2, 3]
     epoch = float(_log(run)[-1]["epoch"])
     assert epoch == pytest.approx(3 * 2 / expected, abs=1e-4)
+
+
+# ------------------------------------------------------------ the command line around a run
+def _cli_args(data, run: Path, *extra: str) -> list[str]:
+    shards, layout = data
+    return ["train", "--shards", str(shards), "--layout", str(layout), "--width", str(WIDTH),
+            "--batch", "2", "--num-workers", "0", "--no-bf16", "--threads", "1", "--no-eval",
+            "--out", str(run), *extra]
+
+
+def test_a_bare_resume_keeps_the_runs_recipe_and_max_steps_is_the_last_step(
+        data, tmp_path, capsys):
+    from prn_blender.training.__main__ import main
+
+    run = tmp_path / "run"
+    assert main(_cli_args(data, run, "--lr", "3e-4", "--halve-every-epochs", "7",
+                          "--gradient-loss-weight", "0.5", "--seed", "3",
+                          "--ema-decay", "0.9", "--max-steps", "2")) == 0
+    assert main(_cli_args(data, run, "--resume", "--max-steps", "4")) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lr"], config["halve_every_epochs"], config["gradient_loss_weight"],
+            config["seed"], config["ema_decay"]) == ("0.0003", "7.0", "0.5", "3", "0.9")
+    out = capsys.readouterr().out
+    assert "with its recipe (" in out and "lr 0.0003" in out and "changed here" not in out
+    assert [int(r["step"]) for r in _log(run)] == [1, 2, 3, 4]
+    # At --max-steps already: nothing more (it took one step per re-run before).
+    assert main(_cli_args(data, run, "--resume", "--max-steps", "4")) == 0
+    assert [int(r["step"]) for r in _log(run)] == [1, 2, 3, 4]
+    # An option given again wins, and is named.
+    assert main(_cli_args(data, run, "--resume", "--max-steps", "5", "--lr", "1e-4")) == 0
+    assert json.loads((run / "config.json").read_text())["lr"] == "0.0001"
+    assert "changed here: lr 0.0003 -> 0.0001" in capsys.readouterr().out
+
+
+def test_a_process_group_sigterm_with_loader_workers_still_checkpoints(data, tmp_path):
+    """torchrun and SLURM stop a job by signalling its whole process group, loader workers
+    included: the trainer must still save and exit cleanly."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "prn_blender.training",
+            *_cli_args(data, run, "--max-steps", "100000", "--checkpoint-minutes", "60")]
+    args[args.index("--num-workers") + 1] = "1"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "log.csv").is_file() and len(_log(run)) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output.decode()[-2000:]
+    assert load_checkpoint(run / "last.pt")["step"] >= 3
+    assert b"stopped at step" in output
+
+
+def test_training_commands_give_one_line_for_common_mistakes(data, tmp_path, capsys):
+    from prn_blender.training.__main__ import main
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not really")
+    assert main(["export", "--checkpoint", str(weights), "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(_cli_args(data, tmp_path / "r", "--shards", str(tmp_path / "no-shards"))) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 4 and "Traceback" not in err, lines
+    assert "is an exported weights file, not a trainer checkpoint: pass it as --weights" in lines[0]
+    assert "no checkpoint at" in lines[1] and "is not a readable trainer checkpoint" in lines[2]
+    assert "No complete shards in" in lines[3]
+
+
+def test_info_records_dev_figures_and_keeps_the_readout(data, tmp_path, capsys):
+    from prn_blender.net.weights import read_info, rewrite_info
+    from prn_blender.training.__main__ import main
+
+    train(_config(data, tmp_path / "run", max_steps=1, lr=1e-3))
+    out = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "w.safetensors")
+    readout = [[float(i), float(i) / 2] for i in range(68)]
+    rewrite_info(out, replace(read_info(out), landmark_texels=readout))
+    assert main(["info", "--weights", str(out), "--dev-nme", "300W 3.1 %"]) == 0
+    info = read_info(out)
+    assert info.dev_nme == "300W 3.1 %" and info.landmark_texels == readout
+    printed = capsys.readouterr().out
+    assert "landmark readout  fitted on training faces" in printed
+    assert "dev NME           300W 3.1 %" in printed
+    # Exporting over it says the readout goes.
+    export_main = ["export", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(out)]
+    assert main(export_main) == 0
+    assert "had a fitted landmark readout, which this export replaced" in capsys.readouterr().err
+    assert read_info(out).landmark_texels is None
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from prn_blender.training.train import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    # AVX-512 without BF16 (Skylake .. Ice Lake): oneDNN emulates bf16 there, slower.
+    assert not cpu_has_native_bf16("flags : fpu avx2 avx512f avx512bw avx512vl\n")
