@@ -101,6 +101,26 @@ def test_texels_outside_the_photo_are_not_visible(ict_layout):
     assert not visible[up[:, :, 0] < -0.5].any()
 
 
+@pytest.mark.parametrize("yaw", [0.0, 50.0])
+def test_visibility_is_the_same_in_a_large_photo_as_in_a_small_one(ict_layout, yaw):
+    """The z-buffer covers only the face's box: a face moved into a far corner of a 6000 x
+    4000 px photo is seen exactly as in the 640 x 480 one (same mask, texel for texel), and
+    a face cut by the photo's edge keeps its box clipped to the photo."""
+    near = pose_ict_neutral(ict_layout, yaw, 10.0, 5.0)
+    shift = np.array([5200.0, 3400.0, 0.0], np.float32)
+    far_map = near.position_map + shift
+    small = visibility_mask(near.position_map, ict_layout, PHOTO_SHAPE, 256)
+    large = visibility_mask(far_map, ict_layout, (4000, 6000, 3), 256)
+    assert small.any()
+    np.testing.assert_array_equal(small, large)
+    cut = visibility_mask(near.position_map - np.array([320.0, 0, 0], np.float32), ict_layout,
+                          PHOTO_SHAPE, 256)
+    up, _ = upsample_position_map(near.position_map, ict_layout, 256)
+    right_half = up[:, :, 0] >= 320.5  # still inside the photo after the shift
+    np.testing.assert_array_equal(cut[right_half], small[right_half])
+    assert not cut[up[:, :, 0] < 319.5].any()
+
+
 def test_mirror_fill_recovers_the_far_side_of_a_turned_face(ict_layout):
     """A left-right symmetric UV texture painted onto the ICT neutral turned 60 degrees: the
     texture read back from that photo is smeared on the hidden half; mirror filling recovers
