@@ -95,13 +95,6 @@ def test_an_output_that_is_a_file_is_one_line_before_any_work(tmp_path, astronau
     assert target.read_text() == "a file, not a folder"
 
 
-def test_zero_threads_is_an_argument_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["reconstruct", "x.jpg", "-o", str(tmp_path), "--threads", "0"])
-    assert exit_info.value.code == 2
-    assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
-
-
 def test_every_photo_failing_says_so_and_writes_nothing(tmp_path, untrained_weights, capsys):
     out = tmp_path / "out"
     code = main(["reconstruct", str(tmp_path / "gone.jpg"), "-o", str(out),
@@ -170,11 +163,15 @@ def test_info_shows_version_device_layout_and_weights(untrained_weights, capsys)
     assert "landmarks at the layout's texels" in out  # no fitted readout in this file
 
 
-def test_unknown_format_is_an_argument_error(tmp_path, capsys):
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--format", "fbx", "unknown format(s) fbx"),
+    ("--threads", "0", "expected a whole number >= 1, got '0'"),
+])
+def test_bad_option_values_are_argument_errors(tmp_path, capsys, option, value, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["reconstruct", "x.jpg", "-o", str(tmp_path), "--format", "fbx"])
+        main(["reconstruct", "x.jpg", "-o", str(tmp_path), option, value])
     assert exit_info.value.code == 2
-    assert "unknown format(s) fbx" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_bad_rotation_steps_is_one_line_and_nothing_is_written(astronaut_jpg, tmp_path, capsys):
