@@ -59,6 +59,16 @@ def _log(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _wait_for_steps(proc: subprocess.Popen, run: Path, steps: int) -> None:
+    """Until the training subprocess has logged `steps` steps; it must still be running."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "log.csv").is_file() and len(_log(run)) >= steps:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
@@ -167,12 +177,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(data, tmp_path):
     run = tmp_path / "killed"
     proc = subprocess.Popen([*args, "--out", str(run)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (run / "log.csv").is_file() and len(_log(run)) >= 5:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    _wait_for_steps(proc, run, 5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = load_checkpoint(run / "last.pt")["step"]
@@ -518,12 +523,7 @@ def test_a_process_group_sigterm_with_loader_workers_still_checkpoints(data, tmp
     args[args.index("--num-workers") + 1] = "1"
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (run / "log.csv").is_file() and len(_log(run)) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be stopped"
+    _wait_for_steps(proc, run, 3)
     os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output.decode()[-2000:]
