@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
+from numbers import Real
 from typing import Any
 
 
@@ -63,6 +64,19 @@ ROTATION_AVERAGE_STEPS = 2
 """Default `ReconstructOptions.rotation_average_steps`: turns per side (ROTATION_AVERAGE_DEG)."""
 
 
+def box_list(boxes: object) -> tuple[tuple[float, ...], ...]:
+    """Face boxes as a tuple of float tuples; one box given flat, (x0, y0, x1, y1), counts as
+    a list of one. Raises ValueError for anything that is not a list of 4 numbers each."""
+    try:
+        items = list(boxes)  # type: ignore[call-overload]
+        if len(items) == 4 and all(isinstance(v, Real) for v in items):
+            items = [items]
+        out = tuple(tuple(float(v) for v in box) for box in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"face boxes must be (x0, y0, x1, y1) numbers, got {boxes!r}") from None
+    return out
+
+
 @dataclass(frozen=True)
 class ReconstructOptions:
     """What to compute for one photo. Boxes, when given, skip detection: tight face boxes
@@ -70,7 +84,7 @@ class ReconstructOptions:
 
     faces: FaceSelection = FaceSelection.LARGEST
     texture_size: int = 1024
-    """Side of the UV texture sampled from the photo, in pixels (256-4096)."""
+    """Side of the UV texture sampled from the photo, in pixels (a whole number, 64-8192)."""
     occlusion_mask: bool = False
     """Black out texels the camera cannot see (self-occlusion) instead of smearing the photo;
     with `mirror_fill`, only those whose mirror image it cannot see either."""
@@ -114,12 +128,16 @@ class ReconstructOptions:
                              f"got {self.rotation_average_steps}")
         if not 0.0 <= self.smoothing <= 8.0:
             raise ValueError(f"smoothing must be 0..8 texels, got {self.smoothing}")
-        if not 64 <= int(self.texture_size) <= 8192:
-            raise ValueError(f"texture_size must be 64..8192 pixels, got {self.texture_size}")
+        size = self.texture_size
+        if isinstance(size, bool) or not isinstance(size, Real) \
+                or not float(size).is_integer() or not 64 <= size <= 8192:
+            raise ValueError(f"texture_size must be a whole number of pixels, 64..8192, got "
+                             f"{size!r}")
+        object.__setattr__(self, "texture_size", int(size))
         object.__setattr__(self, "faces", FaceSelection(self.faces))
         object.__setattr__(self, "detector", Detector(self.detector))
         if self.boxes is not None:
-            boxes = tuple(tuple(float(v) for v in box) for box in self.boxes)
+            boxes = box_list(self.boxes)
             for box in boxes:
                 if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
                     raise ValueError(f"a face box must be (x0, y0, x1, y1), x1>x0, y1>y0: {box}")

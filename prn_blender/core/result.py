@@ -16,7 +16,9 @@ from .pose import HeadPose
 @dataclass(frozen=True, eq=False)
 class FaceResult:
     """One reconstructed face. Frames: photo pixels, x right, y down, z = depth towards the
-    camera (the face's minimum z is 0). See core.frames for the Blender conversion."""
+    camera in pixels (larger = closer; its zero is the network's, not the face's nearest or
+    farthest point: compare z values, don't read them as distances). See core.frames for the
+    Blender conversion."""
 
     vertices: np.ndarray
     """(N, 3) float32 photo pixels, one per mesh texel (layout.face_texels)."""
@@ -32,7 +34,9 @@ class FaceResult:
     """(68, 3) float32 photo pixels, iBUG order, calibrated (benchmark-compatible) set."""
     pose: HeadPose
     box: np.ndarray
-    """(4,) float32 tight face box (x0, y0, x1, y1) in photo pixels that the crop was made from."""
+    """(4,) float32 tight face box (x0, y0, x1, y1) in photo pixels: the box of the last crop
+    (after refinement, the axis-aligned box of the predicted 68 landmarks; a rolled face's
+    crop is turned upright about it)."""
     position_map: np.ndarray
     """(R, R, 3) float32 the uncropped position map, photo pixels."""
     photo_size: tuple[int, int]

@@ -13,14 +13,16 @@ reconstructor's refinement pass re-crops from the network's own 68 landmarks aft
 
 Boxes are (x0, y0, x1, y1) float photo pixels with pixel centres at integers (a detector's
 w x h pixel rectangle at (x, y) spans x - 0.5 .. x + w - 0.5). Faces are returned largest
-first. Detection runs on a copy scaled to at most `DETECT_MAX_SIDE_PX` (and, if that finds
-nothing in a larger photo, `DETECT_RETRY_SIDE_PX`); boxes are scaled back to the photo.
+first. Detection runs on a copy scaled to at most `DETECT_MAX_SIDE_PX` and, in a larger
+photo, also at `DETECT_RETRY_SIDE_PX` (small faces); boxes are scaled back to the photo.
+Detection is thread-safe (one at a time: the OpenCV detectors are shared).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -83,10 +85,14 @@ i.e. about 1/27 of the photo's longer side."""
 DETECT_RETRY_PAD = 0.2
 """Second attempt when nothing was found: a replicated margin of this x the longer side."""
 DETECT_RETRY_SIDE_PX = 1280
-"""Last attempt, for large photos with small faces, on a copy this large."""
+"""A second pass for large photos on a copy this large (small faces): always when all faces
+are wanted, else when the first found none."""
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
-YUNET_MAX_SIDE_PX = 640
-"""YuNet is trained for faces of about 10-300 px (data/yunet/SOURCE.md)."""
+"""YuNet is trained for faces of about 10-300 px (data/yunet/SOURCE.md): the pass at
+DETECT_MAX_SIDE_PX finds the large ones, the pass at DETECT_RETRY_SIDE_PX the small ones."""
+_DETECTOR_LOCK = threading.Lock()
+"""The OpenCV detectors are shared (cached) objects with per-call state (YuNet's input size,
+the cascades' scale buffers): one detection at a time, whatever thread asks."""
 YUNET_SCORE_THRESHOLD = 0.7
 HAAR_MIN_NEIGHBORS = 5
 HAAR_SCALE_FACTOR = 1.1
@@ -237,16 +243,16 @@ def _haar_on(copy: np.ndarray, all_faces: bool, pad: float) -> list:
 
 
 def _detect_at(photo: np.ndarray, max_side: int, detector: Detector, yunet_model: str | None,
-               all_faces: bool, pad: float = 0.0) -> list[Detection]:
+               all_faces: bool, pad: float = 0.0) -> list[tuple[np.ndarray, str, bool, float]]:
+    """Raw detections on a copy at most `max_side` px, in photo pixels."""
+    copy, k = detection_copy(photo, max_side)
     if detector == Detector.YUNET:
-        copy, k = detection_copy(photo, min(max_side, YUNET_MAX_SIDE_PX))
         raw = yunet_boxes(copy, str(yunet_model))
     else:
-        copy, k = detection_copy(photo, max_side)
         raw = _haar_on(copy, all_faces, pad)
     # Copy pixel centres -> photo pixel centres: p = (c + 0.5) / k - 0.5.
-    raw = [((box + 0.5) / k - 0.5, name, mirrored, score) for box, name, mirrored, score in raw]
-    return _merge(raw)
+    return [((box + 0.5) / k - 0.5, name, mirrored, score)
+            for box, name, mirrored, score in raw]
 
 
 def find_yunet_model(explicit: str | os.PathLike[str] | None = None) -> str | None:
@@ -267,10 +273,12 @@ def detect_faces(
     """Faces in an (H, W, 3) uint8 RGB photo, largest first (may be empty).
 
     detector: AUTO = YuNet when a model file is given or shipped, else Haar. Haar runs the
-    frontal cascade and, when `all_faces` or when it found nothing, the profile cascade; with
-    no face it retries with a margin around the photo (faces filling the frame), then, for a
-    large photo, at DETECT_RETRY_SIDE_PX. `all_faces` False may return only the faces of the
-    first pass that found any (the caller wants the largest)."""
+    frontal cascade and, when `all_faces` or when it found nothing, the profile cascade. A
+    photo larger than DETECT_MAX_SIDE_PX gets a second pass at DETECT_RETRY_SIDE_PX when
+    nothing was found or, with YuNet, when all faces are wanted (small faces); before that,
+    Haar with no face retries with a margin around the photo (faces filling the frame).
+    `all_faces` False may return only the faces of the first pass that found any (the caller
+    wants the largest)."""
     detector = Detector(detector)
     if detector in (Detector.AUTO, Detector.YUNET):
         yunet_model = find_yunet_model(yunet_model)
@@ -280,13 +288,18 @@ def detect_faces(
         raise DependencyError(
             "The YuNet detector was chosen but no model file is set. Point it at "
             "face_detection_yunet_2023mar.onnx, or choose the Haar detector.")
-    faces = _detect_at(photo, DETECT_MAX_SIDE_PX, detector, yunet_model, all_faces)
-    if not faces:
-        faces = _detect_at(photo, DETECT_MAX_SIDE_PX, detector, yunet_model, all_faces,
-                           pad=DETECT_RETRY_PAD)
-    if not faces and max(photo.shape[:2]) > DETECT_MAX_SIDE_PX:
-        faces = _detect_at(photo, DETECT_RETRY_SIDE_PX, detector, yunet_model, all_faces)
-    return faces
+    large = max(photo.shape[:2]) > DETECT_MAX_SIDE_PX
+    with _DETECTOR_LOCK:
+        raw = _detect_at(photo, DETECT_MAX_SIDE_PX, detector, yunet_model, all_faces)
+        if not raw and detector == Detector.HAAR:
+            raw = _detect_at(photo, DETECT_MAX_SIDE_PX, detector, yunet_model, all_faces,
+                             pad=DETECT_RETRY_PAD)
+        if large and (not raw or (all_faces and detector == Detector.YUNET)):
+            # Small faces in a large photo (a group, a phone photo): the copy at 640 px
+            # shrinks them below what the detectors see; add a pass at twice that (for all
+            # faces with YuNet only: Haar's false positives grow with the image).
+            raw += _detect_at(photo, DETECT_RETRY_SIDE_PX, detector, yunet_model, all_faces)
+    return _merge(raw)
 
 
 # --------------------------------------------------------------------------- refitting

@@ -37,7 +37,7 @@ from ..core.crop import (
 from ..core.crop import warp_photo_to_crop as _warp
 from ..core.geometry import landmarks_from_position_map, mesh_uvs, position_map_to_vertices
 from ..core.layout import UVLayout, load_layout
-from ..core.options import FaceSelection, ReconstructOptions
+from ..core.options import FaceSelection, ReconstructOptions, box_list
 from ..core.photo import as_rgb_uint8, load_photo
 from ..core.pose import estimate_pose, smooth_face_map
 from ..core.result import FaceResult
@@ -95,6 +95,8 @@ no refinement at all   6.85
 On the profiles, the turned crops made the heavy tail: 95th percentile 24.7 % (always
 upright) against 12.1 % (never upright)."""
 MIN_FACE_BOX_PX = 4.0
+FORWARD_CHUNK = 32
+"""Crops per network call (each may be run mirrored too): bounds memory for crowd photos."""
 
 
 class UntrainedWeightsWarning(UserWarning):
@@ -169,8 +171,9 @@ class Reconstructor:
     ) -> list[FaceResult]:
         """Faces of one photo. image: a path or an (H, W, 3) uint8 RGB array. boxes: tight
         68-landmark boxes (x0, y0, x1, y1) in photo pixels (skips detection; every box is
-        reconstructed, in the given order); None = `options.boxes`, else detect (largest face
-        first; `options.faces` chooses the largest or all). Raises PhotoError,
+        reconstructed, in the given order; one flat box counts as a list of one); None =
+        `options.boxes`, else detect: `options.faces` chooses the largest detected face or
+        all, returned largest first by their final (refined) boxes. Raises PhotoError,
         NoFaceFoundError, CancelledError (from `progress`)."""
         options = options or ReconstructOptions()
         report = progress or (lambda fraction, message: None)
@@ -184,7 +187,11 @@ class Reconstructor:
         if boxes is None:
             boxes = options.boxes
         if boxes is not None:
-            tight = [_checked_box(box, photo.shape, name) for box in boxes]
+            try:
+                tight = [_checked_box(box, photo.shape, name) for box in box_list(boxes)]
+            except ValueError as error:
+                raise PhotoError(f"{error}. Give face boxes as [(x0, y0, x1, y1), ...] in "
+                                 "photo pixels.") from None
         else:
             report(0.1, "Detecting faces")
             detections = detect_faces(photo, options.detector, options.yunet_model,
@@ -227,6 +234,8 @@ class Reconstructor:
         for index, (pm, box) in enumerate(zip(maps, tight, strict=True)):
             report(0.6 + 0.35 * index / len(maps), "Sampling the texture")
             results.append(self._result(photo, pm, box, options))
+        if boxes is None:  # detected: largest first by the final (refined) box
+            results.sort(key=lambda result: -_side(result.box))
         report(0.95, "Done")
         return results
 
@@ -234,12 +243,18 @@ class Reconstructor:
     def _forward(self, crops: np.ndarray, mirror_average: bool = False) -> np.ndarray:
         """(N, R, R, 3) uint8 RGB crops -> (N, R, R, 3) float32 position maps, crop px;
         `mirror_average`: see ReconstructOptions."""
-        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            y = predict_at(self.model, x, self.weights_info.input_size or None, mirror_average)
-        return y.permute(0, 2, 3, 1).float().cpu().numpy()
+        out = []
+        # In chunks: a crowd photo turns into hundreds of crops (x turns x mirror copies).
+        for start in range(0, len(crops), FORWARD_CHUNK):
+            x = torch.from_numpy(crops[start:start + FORWARD_CHUNK]).to(self.device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                y = predict_at(self.model, x, self.weights_info.input_size or None,
+                               mirror_average)
+            out.append(y.permute(0, 2, 3, 1).float().cpu().numpy())
+        return np.concatenate(out)
 
     def _predict(self, photo: np.ndarray, transforms: list[CropTransform],
                  mirror_average: bool = False, turns_deg: tuple[float, ...] = (0.0,)
@@ -326,10 +341,15 @@ def _side(box: np.ndarray) -> float:
 def _checked_box(box: Sequence[float], shape: tuple[int, ...], name: str) -> np.ndarray:
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     if b.shape != (4,) or not np.isfinite(b).all() or not (b[2] > b[0] and b[3] > b[1]):
-        raise PhotoError(f"The face box {tuple(box)} is not (x0, y0, x1, y1) with x1 > x0 and "
-                         "y1 > y0, in photo pixels. Redraw the box.")
+        raise PhotoError(f"The face box {tuple(b.tolist())} is not (x0, y0, x1, y1) with x1 > x0 "
+                         "and y1 > y0, in photo pixels. Redraw the box.")
     h, w = shape[:2]
     if b[2] < 0 or b[3] < 0 or b[0] > w - 1 or b[1] > h - 1:
         raise PhotoError(f"The face box {tuple(np.round(b, 1))} lies outside '{name}' "
                          f"({w} x {h} pixels). Redraw the box on the photo.")
+    if not MIN_FACE_BOX_PX <= _side(b) <= 2.0 * max(w, h):
+        raise PhotoError(f"The face box {tuple(np.round(b, 1))} is {_side(b):.1f} pixels across; "
+                         f"a face box is {MIN_FACE_BOX_PX:g} px to twice the photo's longer side "
+                         f"({2 * max(w, h)} px). Draw it around the eyebrows, eyes, nose, mouth "
+                         "and jaw.")
     return b

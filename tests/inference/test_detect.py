@@ -125,3 +125,39 @@ def test_face_in_12000x8000_panorama_is_found_at_full_resolution(
     # Back in the astronaut's own pixels (centres): p = (photo + 0.5 - offset) / k - 0.5.
     box = (faces[0].box.reshape(2, 2) + 0.5 - [x0, y0]) / k - 0.5
     _assert_near_astronaut(box.reshape(4))
+
+
+@needs_shared
+def test_small_faces_in_a_large_photo_are_found_beside_a_large_one(astronaut) -> None:
+    """The group poster's ten ~40 px faces pasted on a 4096 px canvas with a large face: at
+    640 px they shrink below YuNet's reach, so all-faces detection adds a pass at 1280 px."""
+    poster = load_photo(PHOTOS / "multi_group_poster.jpg")
+    alone = detect_faces(poster, "yunet")
+    canvas = np.full((2730, 4096, 3), 110, np.uint8)
+    h, w = poster.shape[:2]
+    canvas[100:100 + h, 100:100 + w] = poster
+    canvas[1200:1200 + 1024, 2800:2800 + 1024] = cv2.resize(astronaut, (1024, 1024))
+    faces = detect_faces(canvas, "yunet", all_faces=True)
+    sizes = [f.size_px for f in faces]
+    assert sizes == sorted(sizes, reverse=True)
+    _assert_near_astronaut((faces[0].box - [2800, 1200, 2800, 1200]) / 2)
+    found = [f for f in faces[1:] if f.box[2] < 100 + w and f.box[3] < 100 + h]
+    assert len(found) >= len(alone) - 1 >= 7
+    # The largest face alone still needs only the first pass.
+    largest = detect_faces(canvas, "yunet", all_faces=False)
+    _assert_near_astronaut((largest[0].box - [2800, 1200, 2800, 1200]) / 2)
+
+
+def test_detection_from_several_threads_gives_the_single_thread_boxes(astronaut) -> None:
+    """The OpenCV detectors are shared objects with per-call state: concurrent calls on
+    photos of different sizes must neither fail nor mix their boxes up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [astronaut, cv2.resize(astronaut, (300, 300)), cv2.resize(astronaut, (900, 700))]
+    for detector in ("yunet", "haar"):
+        expected = [[f.box for f in detect_faces(p, detector)] for p in photos]
+        with ThreadPoolExecutor(3) as pool:
+            runs = list(pool.map(lambda i, d=detector: (i % 3, detect_faces(photos[i % 3], d)),
+                                 range(24)))
+        for index, faces in runs:
+            np.testing.assert_array_equal([f.box for f in faces], expected[index])

@@ -92,7 +92,8 @@ def test_all_faces_returns_each_face_largest_first(reconstructor, astronaut) -> 
     options = ReconstructOptions(faces="all", texture_size=64)
     faces = reconstructor.reconstruct(two, options=options)
     assert len(faces) == 2
-    assert (faces[0].box[2] - faces[0].box[0]) >= (faces[1].box[2] - faces[1].box[0])
+    sides = [float(f.box[2] - f.box[0] + f.box[3] - f.box[1]) for f in faces]
+    assert sides == sorted(sides, reverse=True)  # by the final (refined) boxes
     assert len(reconstructor.reconstruct(two, options=ReconstructOptions(texture_size=64))) == 1
 
 
@@ -107,6 +108,46 @@ def test_photo_without_face_raises_no_face_found(reconstructor, tmp_path: Path) 
 def test_box_outside_the_photo_is_refused(reconstructor, astronaut) -> None:
     with pytest.raises(PhotoError, match="outside"):
         reconstructor.reconstruct(astronaut, boxes=[(900, 900, 1000, 1000)])
+
+
+QUICK = {"texture_size": 64, "refine": False, "mirror_average": False,
+         "rotation_average_deg": 0.0}
+
+
+def test_one_flat_box_is_a_list_of_one_and_implausible_boxes_are_refused(
+        reconstructor, astronaut) -> None:
+    from tests.inference.conftest import ASTRONAUT_FACE_BOX
+
+    options = ReconstructOptions(**QUICK)
+    flat = reconstructor.reconstruct(astronaut, boxes=list(ASTRONAUT_FACE_BOX), options=options)
+    listed = reconstructor.reconstruct(astronaut, boxes=[ASTRONAUT_FACE_BOX], options=options)
+    assert len(flat) == 1
+    np.testing.assert_array_equal(flat[0].vertices, listed[0].vertices)
+    assert ReconstructOptions(boxes=ASTRONAUT_FACE_BOX).boxes == (tuple(ASTRONAUT_FACE_BOX),)
+    for box, message in (((100, 100, 101, 101), r"is 1\.0 pixels across"),
+                         ((-5e4, -5e4, 5e4, 5e4), r"twice the photo's longer side \(1024 px\)"),
+                         (("a", "b", "c", "d"), r"face boxes must be \(x0, y0, x1, y1\)")):
+        with pytest.raises(PhotoError, match=message):
+            reconstructor.reconstruct(astronaut, boxes=[box], options=options)
+
+
+def test_texture_size_must_be_a_whole_number_of_pixels() -> None:
+    assert ReconstructOptions(texture_size=np.int64(512)).texture_size == 512
+    assert ReconstructOptions(texture_size=512.0).texture_size == 512
+    for bad in (300.7, "512", True, 32, 10000):
+        with pytest.raises(ValueError, match="texture_size must be a whole number of pixels"):
+            ReconstructOptions(texture_size=bad)
+
+
+def test_network_calls_in_chunks_give_the_same_surface(reconstructor, astronaut,
+                                                       monkeypatch) -> None:
+    from prn_blender.inference import reconstructor as module
+
+    options = ReconstructOptions(texture_size=64, refine=False)  # 5 turns x mirrored: 10 crops
+    whole = reconstructor.reconstruct(astronaut, options=options)[0]
+    monkeypatch.setattr(module, "FORWARD_CHUNK", 3)
+    chunked = reconstructor.reconstruct(astronaut, options=options)[0]
+    np.testing.assert_allclose(chunked.vertices, whole.vertices, atol=1e-3)
 
 
 def test_progress_callback_can_cancel(reconstructor, astronaut) -> None:
