@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, panel, preferences
+from . import operators, panel, preferences, worker_env
 
 classes = (*preferences.classes, *operators.classes, *panel.classes)
 
@@ -24,6 +24,7 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(operators._watch_check):
         bpy.app.timers.unregister(operators._watch_check)
     operators.shutdown_client()
+    worker_env.stop_install()
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_func_import)
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -15,11 +15,12 @@ without Blender.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from ..errors import DependencyError, PrnError
 
@@ -27,6 +28,10 @@ REQUIREMENTS = Path(__file__).resolve().with_name("worker_requirements.txt")
 VENV_FOLDER = "worker-venv"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 """PyTorch's CPU-only wheel index: ~200 MB instead of PyPI's ~3 GB CUDA build on Linux."""
+
+READY_MARKER = "prn-worker-ready"
+"""Written into the venv when the install succeeded: only then is it the 'Auto' worker (a
+venv's python exists long before pip has installed anything into it)."""
 
 OFFLINE_MESSAGE = (
     "Blender's online access is off, so the add-on may not download torch and OpenCV. Turn on "
@@ -49,7 +54,11 @@ def venv_python(venv_dir: Path) -> Path:
 
 def default_venv_dir() -> Path:
     """Where the add-on keeps its worker venv: the extension's user folder when installed as an
-    extension, else Blender's user data folder (legacy add-on)."""
+    extension, else Blender's user data folder (legacy add-on). On Windows a short folder,
+    %LOCALAPPDATA%\\prnb\\venv: torch's wheel holds paths of ~170 characters that, under the
+    extension folder, pass Windows' 260-character limit (pip then fails with WinError 206)."""
+    if os.name == "nt":
+        return Path(windows_venv_dir(os.environ.get("LOCALAPPDATA") or str(Path.home())))
     import bpy
 
     package = addon_package()
@@ -62,11 +71,19 @@ def default_venv_dir() -> Path:
     return Path(base) / VENV_FOLDER
 
 
+def windows_venv_dir(local_app_data: str) -> PureWindowsPath:
+    """The worker venv's folder on Windows: <%LOCALAPPDATA%>\\prnb\\venv (short: see
+    `default_venv_dir`)."""
+    return PureWindowsPath(local_app_data) / "prnb" / "venv"
+
+
 def default_python() -> str | None:
-    """Auto-detected worker interpreter: the add-on's own venv if it exists, else
-    $PRN_BLENDER_PYTHON; None = let the client decide (it falls back to this interpreter)."""
-    candidate = venv_python(default_venv_dir())
-    if candidate.is_file():
+    """Auto-detected worker interpreter: the add-on's own venv if its install finished
+    (`READY_MARKER`), else $PRN_BLENDER_PYTHON; None = let the client decide (it falls back to
+    this interpreter)."""
+    venv_dir = default_venv_dir()
+    candidate = venv_python(venv_dir)
+    if candidate.is_file() and (venv_dir / READY_MARKER).is_file():
         return str(candidate)
     return os.environ.get("PRN_BLENDER_PYTHON") or None
 
@@ -97,10 +114,23 @@ def pip_install_command(
     return command
 
 
-def require_online_access(online_access: bool, command: list[str]) -> None:
-    """Raise DependencyError (saying what to do) when Blender may not go online."""
+def require_online_access(online_access: bool, commands: list[list[str]]) -> None:
+    """Raise DependencyError (saying what to do: every command, in order) when Blender may not
+    go online."""
     if not online_access:
-        raise DependencyError(OFFLINE_MESSAGE.format(command=" ".join(command)))
+        raise DependencyError(OFFLINE_MESSAGE.format(
+            command=", then ".join(" ".join(command) for command in commands)))
+
+
+def check_platform(system: str = sys.platform, machine: str | None = None) -> None:
+    """Raise DependencyError where the pinned torch has no wheels: Intel Macs (PyTorch
+    publishes macOS wheels for Apple Silicon only since 2.3)."""
+    machine = (machine or platform.machine()).lower()
+    if system.startswith("darwin") and machine in ("x86_64", "amd64", "i386"):
+        raise DependencyError(
+            "PyTorch no longer publishes wheels for Intel Macs, so the worker environment "
+            "cannot be created here. Use an Apple Silicon Mac, Windows or Linux, or point "
+            "Worker Python at an interpreter that already has torch and OpenCV.")
 
 
 @dataclass
@@ -152,6 +182,7 @@ class WorkerEnvInstaller:
         self.state = InstallState()
         self._thread: threading.Thread | None = None
         self._process: subprocess.Popen | None = None
+        self._cancelled = False
 
     def commands(self) -> list[list[str]]:
         python = venv_python(self.venv_dir)
@@ -160,7 +191,8 @@ class WorkerEnvInstaller:
 
     def start(self, online_access: bool) -> None:
         """Start in the background; raises DependencyError when offline or already running."""
-        require_online_access(online_access, self.commands()[1])
+        check_platform()
+        require_online_access(online_access, self.commands())
         if self.state.running:
             raise DependencyError("The worker environment is already being installed; wait.")
         if not Path(self.base_python).is_file():
@@ -172,19 +204,31 @@ class WorkerEnvInstaller:
         self._thread.start()
 
     def cancel(self) -> None:
+        """Stop a running install (the add-on is disabled, Blender quits); what it left is
+        not marked ready, so it is never picked as the worker."""
+        self._cancelled = True
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
 
     def _run(self) -> None:
         state = self.state
+        self._cancelled = False
         n_requirements = _count_requirements(REQUIREMENTS)
+        marker = self.venv_dir / READY_MARKER
+        # The child's output is read as UTF-8 (Blender runs Python in UTF-8 mode); make pip
+        # write UTF-8 too, and never let one odd byte end the install.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+        env.update(PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
         try:
+            marker.unlink(missing_ok=True)
             for index, command in enumerate(self.commands()):
+                if self._cancelled:
+                    raise PrnError("The installation was stopped")
                 self._process = subprocess.Popen(
                     command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                    env={k: v for k, v in os.environ.items()
-                         if k not in ("PYTHONHOME", "PYTHONPATH")},
+                    encoding="utf-8", errors="replace", env=env, creationflags=flags,
                 )
                 assert self._process.stdout is not None
                 for line in self._process.stdout:
@@ -199,15 +243,32 @@ class WorkerEnvInstaller:
                 if index == 0:
                     state.fraction = 0.1
                     state.message = "Downloading torch and OpenCV"
+            marker.write_text(_requirements_digest() + "\n", encoding="utf-8")
             state.python = str(venv_python(self.venv_dir))
             state.fraction = 1.0
             state.message = f"Worker environment ready: {state.python}"
-        except (OSError, PrnError) as error:
-            state.error = str(error)
+        except Exception as error:  # shown in the preferences, never a dead thread
+            state.error = str(error) or type(error).__name__
             state.message = "Installation failed"
         finally:
+            process = self._process
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
             state.running = False
             self._process = None
+
+
+def _requirements_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
+
+
+def stop_install() -> None:
+    """Stop the session's installer if it runs (the add-on is being disabled)."""
+    if _INSTALLER is not None and _INSTALLER.state.running:
+        _INSTALLER.cancel()
 
 
 _INSTALLER: WorkerEnvInstaller | None = None

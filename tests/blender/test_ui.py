@@ -137,7 +137,8 @@ def test_venv_commands_use_pip_with_the_pinned_requirements(tmp_path):
     assert "--extra-index-url" not in worker_env.pip_install_command(python, platform="darwin")
     assert "--extra-index-url" not in worker_env.pip_install_command(python, cpu_only=False)
     pins = worker_env.REQUIREMENTS.read_text()
-    for pin in ("torch==2.13.0", "numpy==1.26.4", "opencv-python-headless==4.11.0.86",
+    for pin in ("torch==2.13.0", 'numpy==1.26.4; python_version < "3.13"',
+                'numpy>=2.1,<3; python_version >= "3.13"', "opencv-python-headless==4.11.0.86",
                 "safetensors", "tqdm"):
         assert pin in pins
 
@@ -146,8 +147,64 @@ def test_installer_refuses_without_online_access_and_says_what_to_do(tmp_path):
     installer = worker_env.WorkerEnvInstaller(sys.executable, tmp_path / "venv")
     with pytest.raises(DependencyError, match="Allow Online Access") as error:
         installer.start(online_access=False)
-    assert "pip install" in str(error.value)  # the manual command
+    # The manual commands, both of them, in order.
+    assert f"-m venv {tmp_path / 'venv'}, then " in str(error.value)
+    assert "-m pip install" in str(error.value)
     assert not installer.state.running and not (tmp_path / "venv").exists()
+
+
+def test_intel_macs_are_refused_before_anything_runs():
+    with pytest.raises(DependencyError, match="no longer publishes wheels for Intel Macs"):
+        worker_env.check_platform("darwin", "x86_64")
+    worker_env.check_platform("darwin", "arm64")
+    worker_env.check_platform("linux", "x86_64")
+    worker_env.check_platform("win32", "AMD64")
+
+
+def _fake_base_python(tmp_path, script: str) -> str:
+    """A 'base Python' that runs `script` for `-m venv DIR` (making DIR/bin/python) and for
+    `-m pip ...`: the installer's two steps without a network."""
+    import stat
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!{sys.executable}\n{script}")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return str(fake)
+
+
+FAKE_STEPS = """import os, sys
+if sys.argv[1:3] == ["-m", "venv"]:
+    os.makedirs(os.path.join(sys.argv[3], "bin"), exist_ok=True)
+    target = os.path.join(sys.argv[3], "bin", "python")
+    if not os.path.exists(target):
+        os.symlink(sys.argv[0], target)
+    sys.exit(0)
+sys.stdout.buffer.write(b"Collecting torch==2.13.0\\nbad byte \\xe9 from a cp1252 pip\\n")
+sys.exit(int(os.environ.get("FAKE_PIP_EXIT", "0")))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shebang script as the base Python")
+def test_only_a_finished_install_becomes_the_auto_worker(tmp_path, monkeypatch):
+    venv = tmp_path / "worker-venv"
+    monkeypatch.setattr(worker_env, "default_venv_dir", lambda: venv)
+    monkeypatch.delenv("PRN_BLENDER_PYTHON", raising=False)
+    base = _fake_base_python(tmp_path, FAKE_STEPS)
+    monkeypatch.setenv("FAKE_PIP_EXIT", "1")  # pip fails after the venv exists
+    failed = worker_env.WorkerEnvInstaller(base, venv)
+    failed.start(online_access=True)
+    failed._thread.join(60)
+    assert failed.state.error and failed.state.message == "Installation failed"
+    assert "exit code 1" in failed.state.error and "\ufffd" in " ".join(failed.state.log)
+    assert worker_env.venv_python(venv).exists()
+    assert worker_env.default_python() is None  # not picked: the install did not finish
+    monkeypatch.setenv("FAKE_PIP_EXIT", "0")
+    done = worker_env.WorkerEnvInstaller(base, venv)
+    done.start(online_access=True)
+    done._thread.join(60)
+    assert not done.state.error, done.state.error
+    assert (venv / worker_env.READY_MARKER).is_file()
+    assert worker_env.default_python() == str(worker_env.venv_python(venv))
 
 
 def test_pip_output_advances_the_progress():
@@ -163,7 +220,7 @@ def test_pip_output_advances_the_progress():
     assert state.error.startswith("ERROR")
 
 
-def test_auto_worker_python_prefers_the_addons_venv(tmp_path, monkeypatch):
+def test_auto_worker_python_prefers_the_addons_finished_venv(tmp_path, monkeypatch):
     venv = tmp_path / "worker-venv"
     monkeypatch.setattr(worker_env, "default_venv_dir", lambda: venv)
     monkeypatch.setenv("PRN_BLENDER_PYTHON", "/opt/py/bin/python")
@@ -171,4 +228,14 @@ def test_auto_worker_python_prefers_the_addons_venv(tmp_path, monkeypatch):
     python = worker_env.venv_python(venv)
     python.parent.mkdir(parents=True)
     python.write_text("")
+    assert worker_env.default_python() == "/opt/py/bin/python"  # half-made: not yet
+    (venv / worker_env.READY_MARKER).write_text("x")
     assert Path(worker_env.default_python()) == python
+
+
+def test_the_windows_venv_folder_is_short():
+    folder = worker_env.windows_venv_dir("C:\\Users\\someone\\AppData\\Local")
+    assert str(folder) == "C:\\Users\\someone\\AppData\\Local\\prnb\\venv"
+    # torch 2.13's longest file inside site-packages is ~171 characters: keep the whole path
+    # under Windows' 260 (..\venv\Lib\site-packages\ is 22 more).
+    assert len(str(folder)) + 22 + 171 < 260
