@@ -83,9 +83,25 @@ def default_python() -> str | None:
     this interpreter)."""
     venv_dir = default_venv_dir()
     candidate = venv_python(venv_dir)
-    if candidate.is_file() and (venv_dir / READY_MARKER).is_file():
+    if candidate.is_file() and install_finished(venv_dir):
         return str(candidate)
     return os.environ.get("PRN_BLENDER_PYTHON") or None
+
+
+WORKER_PACKAGES = ("torch", "cv2", "numpy", "safetensors")
+"""Import folders a finished worker venv has in its site-packages."""
+
+
+def install_finished(venv_dir: Path) -> bool:
+    """The venv's install completed: its `READY_MARKER`, or (a venv made before the marker
+    existed) every one of `WORKER_PACKAGES` in its site-packages. Cheap: the preferences
+    draw it."""
+    if (venv_dir / READY_MARKER).is_file():
+        return True
+    for site in [*venv_dir.glob("lib/python3*/site-packages"), venv_dir / "Lib" / "site-packages"]:
+        if all((site / name).is_dir() for name in WORKER_PACKAGES):
+            return True
+    return False
 
 
 def default_base_python() -> str:

@@ -231,6 +231,14 @@ def test_auto_worker_python_prefers_the_addons_finished_venv(tmp_path, monkeypat
     assert worker_env.default_python() == "/opt/py/bin/python"  # half-made: not yet
     (venv / worker_env.READY_MARKER).write_text("x")
     assert Path(worker_env.default_python()) == python
+    # A venv made before the marker existed counts when all the worker's packages are in it.
+    (venv / worker_env.READY_MARKER).unlink()
+    site = venv / "lib" / "python3.11" / "site-packages"
+    for name in worker_env.WORKER_PACKAGES[:-1]:
+        (site / name).mkdir(parents=True)
+    assert worker_env.default_python() == "/opt/py/bin/python"  # safetensors missing
+    (site / "safetensors").mkdir()
+    assert Path(worker_env.default_python()) == python
 
 
 def test_the_windows_venv_folder_is_short():
