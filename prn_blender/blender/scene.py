@@ -102,9 +102,8 @@ def blender_frame(result: FaceResult, *, frontal: bool = False,
     if photo_metres_per_px is None or photo_metres_per_px == scale:
         return (photo_to_blender(vertices_px - centre_px, scale),
                 photo_to_blender(landmarks_px - centre_px, scale))
-    finite = vertices_px[np.isfinite(vertices_px).all(axis=1)]
-    face_centre = np.zeros(3, dtype=np.float32)
-    face_centre[:2] = (finite[:, :2].min(axis=0) + finite[:, :2].max(axis=0)) / 2.0
+    face_centre = bounding_box_centre(vertices_px).astype(np.float32)
+    face_centre[2] = 0.0  # depth stays at the face's own scale
     placement = photo_to_blender((face_centre - centre_px)[None], photo_metres_per_px)[0]
     return (photo_to_blender(vertices_px - face_centre, scale) + placement,
             photo_to_blender(landmarks_px - face_centre, scale) + placement)

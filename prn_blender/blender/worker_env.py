@@ -259,7 +259,7 @@ class WorkerEnvInstaller:
                 if index == 0:
                     state.fraction = 0.1
                     state.message = "Downloading torch and OpenCV"
-            marker.write_text(_requirements_digest() + "\n", encoding="utf-8")
+            marker.write_text(REQUIREMENTS.read_text(encoding="utf-8"), encoding="utf-8")
             state.python = str(venv_python(self.venv_dir))
             state.fraction = 1.0
             state.message = f"Worker environment ready: {state.python}"
@@ -273,12 +273,6 @@ class WorkerEnvInstaller:
                 process.wait()
             state.running = False
             self._process = None
-
-
-def _requirements_digest() -> str:
-    import hashlib
-
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
 
 
 def stop_install() -> None:

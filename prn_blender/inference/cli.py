@@ -202,10 +202,12 @@ def _write_outputs(results: list, out: Path, stem: str, formats: Sequence[str],
     return written
 
 
-def _prepare_out_dir(out: Path) -> str | None:
-    """Create the output folder; why it cannot be used, or None."""
+def _prepare_out_dir(out: Path, create: bool = True) -> str | None:
+    """Create the output folder (with `create`); why it cannot be used, or None."""
     if out.exists() and not out.is_dir():
         return f"the output '{out}' is a file, not a folder; choose a folder for -o."
+    if not create:
+        return None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -335,8 +337,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         photo, stem = load_photo(args.photo), Path(args.photo).stem
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        _error_line(f"the output '{out}' is a file, not a folder; choose a folder for -o.")
+    problem = _prepare_out_dir(out, create=False)  # before the model loads; created after
+    if problem:
+        _error_line(problem)
         return EXIT_FAILED
     reconstructor = _load_reconstructor(args)
     results = reconstructor.reconstruct(photo)
